@@ -1,0 +1,240 @@
+"""The command line: ``verirl train | eval | verifiers | verify``.
+
+Exit status: 0 on success, 2 on a usage or config error (message on stderr naming what
+is wrong), 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from verirl.verifier import ConfigError
+
+# Shortcuts for `verirl eval --data`: the public copies on the Hugging Face hub.
+EVAL_SETS = {
+    "gsm8k": "hf:openai/gsm8k:main:test",
+    "math500": "hf:HuggingFaceH4/MATH-500::test",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 by itself; keep one path
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="verirl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a policy with GRPO (or PPO) from a YAML config")
+    train.add_argument("config", help="YAML config (see configs/)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10 algo.beta=0")
+
+    ev = sub.add_parser("eval", help="accuracy (pass@1, pass@k, maj@k) of a model on a dataset")
+    ev.add_argument("--model", required=True, help="model directory, hub id, or builtin:tiny-arith")
+    ev.add_argument("--data", required=True, help=f"JSONL path, hf:NAME[:CONFIG[:SPLIT]], or one of {sorted(EVAL_SETS)}")
+    ev.add_argument("--format", default="auto", choices=["auto", "gsm8k", "math", "plain"])
+    ev.add_argument("--n", type=int, default=1, help="samples per problem")
+    ev.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k (k ≤ n)")
+    ev.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else 1.0")
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=512)
+    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N problems (0: all)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--prompt-template", default=None, help="e.g. 'Question: {question}\\nAnswer:' (default: chat template)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--out", default=None, help="write per-problem completions and correctness as JSONL")
+
+    sub.add_parser("verifiers", help="list the registered verifiers")
+
+    vf = sub.add_parser("verify", help="score completions in a JSONL file")
+    vf.add_argument("input", help="JSONL: each line holds 'completion' and 'answer' (other fields pass through)")
+    group = vf.add_mutually_exclusive_group()
+    group.add_argument("--rewards", help="rewards YAML: a list of {verifier: NAME, weight: W, params...}")
+    group.add_argument("--verifier", action="append", help="a verifier name (repeatable), weight 1 each")
+    vf.add_argument("--out", help="output JSONL (default: stdout)")
+    vf.add_argument("--batch-size", type=int, default=256)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"train": cmd_train, "eval": cmd_eval, "verifiers": cmd_verifiers, "verify": cmd_verify}[args.command]
+        return handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # report, don't dump a traceback on users; exit 1
+        logging.getLogger("verirl").debug("failure", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from verirl.config import load_config
+    from verirl.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config)
+    try:
+        records = trainer.train()
+    finally:
+        trainer.close()
+    evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
+    if evals:
+        print(f"eval/accuracy: {evals[0][1]:.3f} at step {evals[0][0]} → {evals[-1][1]:.3f} at step {evals[-1][0]}", file=sys.stderr)
+    print(f"run directory: {config.train.output_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_verifiers(args: argparse.Namespace) -> int:
+    from verirl.plugins import verifiers
+
+    registry = verifiers()
+    if not registry:
+        print("no verifiers registered (is verirl installed? `pip install -e .`)", file=sys.stderr)
+        return 1
+    for name, spec in sorted(registry.items()):
+        print(f"{name}  [{spec.kind}]  plugin: {spec.plugin}")
+        if spec.doc:
+            print(f"    {spec.doc}")
+        for param in spec.params:
+            print(f"    {param.describe()}")
+    return 0
+
+
+def _read_verify_input(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise UsageError(f"input file not found: {path}")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or "answer" not in row:
+                raise UsageError(f"{path}:{lineno}: each line must be an object with a string 'completion' and an 'answer'")
+            rows.append(row)
+    return rows
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from verirl.rewards import RewardFunction, load_rewards, parse_rewards
+    from verirl.verifier import Sample
+
+    if args.rewards:
+        terms = load_rewards(args.rewards)
+    else:
+        terms = parse_rewards([{"verifier": name} for name in (args.verifier or ["math_answer"])], source="--verifier")
+    rows = _read_verify_input(Path(args.input))
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    start = time.perf_counter()
+    total_reward = 0.0
+    try:
+        with RewardFunction(terms) as reward_fn:
+            for i in range(0, len(rows), args.batch_size):
+                chunk = rows[i : i + args.batch_size]
+                samples = [
+                    Sample(prompt=str(r.get("prompt", "")), completion=r["completion"], answer=str(r["answer"]),
+                           row={k: v for k, v in r.items() if k not in ("prompt", "completion", "answer")},
+                           num_tokens=r.get("num_tokens"), max_tokens=r.get("max_tokens"))
+                    for r in chunk
+                ]
+                scored = reward_fn(samples)
+                for row, reward, scores in zip(chunk, scored.rewards, scored.scores):
+                    total_reward += reward
+                    record = dict(row, reward=reward, scores={
+                        k: [list(s) for s in v] if isinstance(v, list) else v for k, v in scores.items()
+                    })
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            totals = reward_fn.totals
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    seconds = time.perf_counter() - start
+    n = len(rows)
+    summary = {
+        "count": n,
+        "mean_reward": total_reward / n if n else 0.0,
+        "timeouts": sum(c["timeout"] for c in totals.values()),
+        "errors": sum(c["error"] for c in totals.values()),
+        "samples_per_s": n / seconds if seconds > 0 else 0.0,
+        "per_verifier": totals,
+    }
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from verirl.data import build_prompt, load_problems
+    from verirl.evaluation import evaluate
+    from verirl.models import load_causal_lm, load_tokenizer, pick_device
+    from verirl.rewards import RewardFunction, parse_rewards
+    from verirl.rollout import make_engine
+
+    try:
+        ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
+    except ValueError:
+        raise UsageError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    if not ks or min(ks) < 1 or max(ks) > args.n:
+        raise UsageError(f"--k values must be between 1 and --n ({args.n}), got {args.k!r}")
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+    if args.n > 1 and temperature == 0:
+        raise UsageError("--n > 1 needs sampling: set --temperature > 0")
+    problems = load_problems(EVAL_SETS.get(args.data, args.data), args.format)
+    if args.limit:
+        problems = problems[: args.limit]
+    device = pick_device(args.device)
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model, "bfloat16" if device.type == "cuda" else "float32", device)
+    model.eval()
+    engine = make_engine("hf", model, tokenizer)
+    prompts = [build_prompt(tokenizer, p.question, args.prompt_template, None) for p in problems]
+    start = time.perf_counter()
+    with RewardFunction(parse_rewards([{"verifier": "math_answer"}], source="eval")) as reward_fn:
+        extract = _answer_extractor()
+        with torch.no_grad():
+            result = evaluate(engine, problems, prompts, lambda s: reward_fn(s).rewards, n=args.n,
+                              temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size, ks=ks, extract=extract)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for p, texts, flags in zip(problems, result.completions, result.correct):
+                fh.write(json.dumps({"question": p.question, "answer": p.answer, "completions": texts, "correct": flags}) + "\n")
+    metrics = {"problems": len(problems), "n": args.n, "temperature": temperature, **result.metrics,
+               "seconds": round(time.perf_counter() - start, 2)}
+    print(json.dumps(metrics))
+    return 0
+
+
+def _answer_extractor() -> Any:
+    """The answer extractor for maj@k: verirl.answers.extract_answer when available."""
+    try:
+        from verirl.answers import extract_answer
+    except ImportError:
+        return None
+    return extract_answer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The trainer's typed config: dataclasses, read from YAML plus dotted ``key=value`` overrides.
+
+Every field has a one-line doc (the comment beside it). Unknown or mistyped keys raise
+:class:`~verirl.ConfigError` naming the key and the nearest valid ones, before any model
+loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from verirl.verifier import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:tiny-arith"  # HF hub id, local directory, or builtin:NAME
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
+    trust_remote_code: bool = False  # passed to from_pretrained
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:tiny-arith/train.jsonl"  # JSONL path, builtin:..., or hf:NAME[:CONFIG[:SPLIT]]
+    eval: str | None = "builtin:tiny-arith/test.jsonl"  # held-out split for eval/accuracy (None: no eval)
+    format: Literal["auto", "gsm8k", "math", "plain"] = "auto"  # how gold answers are extracted
+    question_field: str | None = None  # column holding the question (None: question/problem/prompt)
+    answer_field: str | None = None  # column holding the gold answer/solution (None: answer/solution)
+    prompt_template: str | None = None  # e.g. "Question: {question}\nAnswer:"; None: chat template
+    system_prompt: str | None = None  # prepended as a system message when the chat template is used
+    max_eval: int = 200  # eval on at most this many held-out problems (0: all)
+    shuffle: bool = True  # reshuffle the training problems every epoch (seeded)
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate (works anywhere); vllm: GPU
+    prompts_per_step: int = 8  # B: prompts sampled per training step
+    group_size: int = 8  # G: completions per prompt
+    max_new_tokens: int = 64  # generation limit per completion
+    temperature: float = 1.0  # sampling temperature (log-probs are taken at this temperature too)
+    top_p: float = 1.0  # nucleus sampling
+    batch_size: int = 0  # completions generated per generate() call (0: all at once)
+    gpu_memory_utilization: float = 0.5  # vllm only
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["grpo", "ppo"] = "grpo"  # critic-free GRPO, or PPO with a critic
+    reward_mode: Literal["outcome", "process"] = "outcome"  # outcome: one R per completion; process: step rewards
+    scale: Literal["group_std", "none", "batch_std"] = "group_std"  # GRPO advantage scaling
+    eps_std: float = 1e-6  # ε_std added to the std
+    drop_zero_std: bool = False  # DAPO dynamic sampling: drop all-equal groups and sample more prompts
+    max_resample_rounds: int = 4  # with drop_zero_std: extra sampling rounds per step at most
+    eps_low: float = 0.2  # ratio clip, lower side
+    eps_high: float = 0.2  # ratio clip, upper side
+    beta: float = 0.04  # KL coefficient in the loss (0: no reference model is loaded)
+    kl_estimator: Literal["k3", "k1", "k2"] = "k3"  # per-token KL estimator
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
+    ppo_epochs: int = 1  # μ: passes over each rollout batch
+    minibatch_size: int = 0  # completions per optimizer step (0: the whole batch)
+    micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation; 0: = minibatch)
+    ref_reset_every: int = 0  # iterative GRPO: π_ref ← π_θ every M steps (0: never)
+    # PPO with a critic
+    gamma: float = 1.0  # discount γ
+    lam: float = 0.95  # GAE λ
+    beta_r: float = 0.05  # KL coefficient in the per-token reward (PPO)
+    target_kl: float | None = None  # adaptive KL controller target (None: fixed beta_r)
+    vf_coef: float = 0.5  # c1: value-loss weight
+    ent_coef: float = 0.0  # c2: entropy bonus weight
+    vf_clip: float | None = 0.2  # ε_v value clip (None: plain MSE)
+    critic: Literal["separate", "shared"] = "separate"  # separate value model, or a head on the policy trunk
+    critic_path: str | None = None  # initialise the critic from here (None: from the policy)
+    critic_lr: float = 1e-5  # critic learning rate
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up (optimizer steps), then constant
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100  # training steps (one rollout batch each)
+    seed: int = 0  # seeds python, numpy and torch
+    output_dir: str = "runs/default"  # run directory: config.yaml, metrics.jsonl, checkpoints/, samples.jsonl
+    save_every: int = 50  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    eval_every: int = 25  # eval/accuracy every N steps, starting at step 0 (0: off)
+    eval_verifier: str = "math_answer"  # verifier that decides eval correctness (score > 0.5)
+    eval_greedy: bool = True  # greedy eval; else sampled at rollout temperature
+    eval_batch_size: int = 64  # problems per eval generate() call
+    log_samples: int = 2  # completions written to samples.jsonl per step
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    progress: bool = True  # show a progress bar
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"verifier": "math_answer", "weight": 1.0}])
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key {key!r} must be one of {list(args)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        raise ConfigError(f"config key {key!r} must be a list of {len(args)} values, got {value!r}")
+    if origin is list:
+        if isinstance(value, list):
+            return value
+        raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (bool, str):
+        if isinstance(value, tp):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '(top)'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
+            raise ConfigError(
+                f"unknown config key {prefix + str(key)!r}{hint} (valid keys: {', '.join(prefix + n for n in names)})"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _from_dict(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(prefix + key, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"algo.beta=0.0"`` → ``("algo.beta", 0.0)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.steps=10)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides, and validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    config = _from_dict(Config, data, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    r, a, t = config.rollout, config.algo, config.train
+    positive = {
+        "rollout.prompts_per_step": r.prompts_per_step, "rollout.group_size": r.group_size,
+        "rollout.max_new_tokens": r.max_new_tokens, "algo.ppo_epochs": a.ppo_epochs,
+        "train.steps": t.steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be ≥ 1, got {value}")
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature must be > 0 (sampling), got {r.temperature}")
+    if a.name == "grpo" and r.group_size < 2:
+        raise ConfigError("rollout.group_size must be ≥ 2 for GRPO (advantages are relative within a group)")
+    n = r.prompts_per_step * r.group_size
+    mb = a.minibatch_size or n
+    if mb > n or n % mb:
+        raise ConfigError(f"algo.minibatch_size ({mb}) must divide prompts_per_step × group_size ({n})")
+    micro = a.micro_batch_size or mb
+    if micro > mb or mb % micro:
+        raise ConfigError(f"algo.micro_batch_size ({micro}) must divide algo.minibatch_size ({mb})")
+    if not (0 <= a.eps_low < 1) or a.eps_high < 0:
+        raise ConfigError(f"algo.eps_low must be in [0, 1) and eps_high ≥ 0, got {a.eps_low}, {a.eps_high}")
+    if a.beta < 0:
+        raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
+    from verirl.rewards import parse_rewards
+
+    parse_rewards(config.rewards, source="rewards")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

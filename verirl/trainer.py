@@ -1,0 +1,491 @@
+"""The training loop: rollout → verifiers → advantages → loss → update → metrics/checkpoint.
+
+One step of GRPO (ALGORITHMS.md), as :meth:`Trainer.train_step` reads:
+
+1. take ``B`` prompts; sample ``G`` completions each from π_old (the current policy);
+2. score every completion with the configured verifiers (``R_i`` or step rewards);
+3. advantages: group-normalised per completion (outcome) or per step (process),
+   broadcast to tokens; all-equal groups counted (and optionally resampled, DAPO);
+4. log π_old stored (recomputed by the trainer; with one update per rollout it is
+   ``log π_θ`` detached, so ρ = 1), log π_ref if β > 0;
+5. μ epochs × minibatches of the clipped loss + β·KL, AdamW, gradient clipping;
+6. metrics to ``metrics.jsonl``; eval and checkpoint on their schedules.
+
+PPO with a critic is the same loop with GAE advantages (``algo.name: ppo``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from verirl import advantages as adv_fns
+from verirl import losses
+from verirl.checkpoint import clean_partial, latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
+from verirl.config import Config, save_config
+from verirl.data import Problem, ProblemStream, build_prompt, load_problems
+from verirl.evaluation import evaluate
+from verirl.metrics import MetricsWriter, peak_rss_mb
+from verirl.models import completion_logits, frozen_copy, load_causal_lm, load_tokenizer, pick_device
+from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
+from verirl.rollout import make_engine
+from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows
+from verirl.verifier import ConfigError, Sample, Step
+
+log = logging.getLogger("verirl.trainer")
+
+
+@dataclass
+class Rollout:
+    """One step's scored rollout: ``N = B·G`` completions, groups of G consecutive rows."""
+
+    batch: RolloutBatch
+    problems: list[Problem]  # one per group
+    samples: list[Sample]  # one per completion
+    rewards: RewardBatch
+    zero_std_frac: float  # fraction of all-equal groups before any resampling
+    resample_rounds: int
+    rollout_s: float
+    reward_s: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_token_indices(tokenizer: Any, ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
+    """For each character offset ``e`` into the decoded completion, the index of the
+    token whose text contains character ``e − 1`` (the last token of a step ending at
+    ``e``). Decoding prefixes keeps this right for byte-level tokenizers, where one
+    token's text is not a substring of the whole."""
+    ids = list(ids)
+    cache: dict[int, int] = {}
+
+    def prefix_len(k: int) -> int:  # characters decoded from the first k tokens
+        if k not in cache:
+            cache[k] = len(tokenizer.decode(ids[:k], skip_special_tokens=True))
+        return cache[k]
+
+    out = []
+    for end in char_ends:
+        # smallest k with prefix_len(k) >= end; the token is k − 1
+        k = bisect.bisect_left(range(len(ids) + 1), end, key=prefix_len)
+        out.append(min(max(k - 1, 0), max(len(ids) - 1, 0)))
+    return out
+
+
+class Trainer:
+    """Owns the models, optimizer, engine, verifiers and data of one run."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        c = config
+        if c.algo.name != "grpo":
+            raise ConfigError(f"algo.name={c.algo.name!r} is not available yet; use algo.name=grpo")
+        if c.train.threads:
+            torch.set_num_threads(c.train.threads)
+        self.out = Path(c.train.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(c.train.device)
+        seed_everything(c.train.seed)
+
+        # data and verifiers first: a bad path or verifier fails before any model loads
+        d = c.data
+        self.train_problems = load_problems(d.train, d.format, d.question_field, d.answer_field)
+        self.eval_problems = (
+            load_problems(d.eval, d.format, d.question_field, d.answer_field) if d.eval else []
+        )
+        if d.max_eval and len(self.eval_problems) > d.max_eval:
+            self.eval_problems = self.eval_problems[: d.max_eval]
+        self.reward_fn = RewardFunction(parse_rewards(c.rewards))
+        self.eval_reward_fn = (
+            RewardFunction(parse_rewards([{"verifier": c.train.eval_verifier}], source="train.eval_verifier"))
+            if self.eval_problems else None
+        )
+        self.stream = ProblemStream(self.train_problems, c.train.seed, d.shuffle)
+
+        checkpoint = latest_checkpoint(self.out) if c.train.resume else None
+        if c.train.resume:
+            clean_partial(self.out)
+            checkpoint = latest_checkpoint(self.out)
+        source = str(checkpoint) if checkpoint else c.model.name_or_path
+        self.tokenizer = load_tokenizer(source, c.model.trust_remote_code)
+        self.model = load_causal_lm(source, c.model.dtype, self.device, c.model.trust_remote_code)
+        if c.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.train()
+        self.ref_model = None
+        if c.algo.beta > 0:
+            ref_source = c.model.name_or_path
+            if checkpoint is not None and (checkpoint / "ref").exists():
+                ref_source = str(checkpoint / "ref")
+            self.ref_model = frozen_copy(load_causal_lm(ref_source, c.model.dtype, self.device, c.model.trust_remote_code))
+        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size)
+
+        o = c.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        warmup = o.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.step = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        save_config(c, self.out / "config.yaml")
+        self.metrics = MetricsWriter(self.out, self.step if checkpoint else None, c.train.tensorboard)
+        self.samples_path = self.out / "samples.jsonl"
+        if checkpoint is None:
+            self.samples_path.write_text("")
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run to ``train.steps``; returns the metrics records written by this call."""
+        c = self.config.train
+        records = []
+        progress = None
+        if c.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=c.steps, initial=self.step, desc="verirl train", unit="step")
+        try:
+            if self.step == 0 and c.eval_every and self.eval_problems:
+                record = {"step": 0, **self.evaluate()}
+                self.metrics.write(0, record)
+                records.append(record)
+            while self.step < c.steps:
+                metrics = self.train_step()
+                self.step += 1
+                if c.eval_every and self.eval_problems and (self.step % c.eval_every == 0 or self.step == c.steps):
+                    metrics.update(self.evaluate())
+                self.metrics.write(self.step, metrics)
+                records.append({"step": self.step, **metrics})
+                if (c.save_every and self.step % c.save_every == 0) or self.step == c.steps:
+                    self.save()
+                if progress is not None:
+                    progress.update(1)
+                    shown = {"reward": metrics["reward/mean"]}
+                    if "eval/accuracy" in metrics:
+                        shown["acc"] = metrics["eval/accuracy"]
+                    progress.set_postfix(shown)
+        finally:
+            if progress is not None:
+                progress.close()
+        return records
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.reward_fn.close()
+        if self.eval_reward_fn is not None:
+            self.eval_reward_fn.close()
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        c = self.config
+        rollout = self.rollout()
+        batch = _to_device(rollout.batch, self.device)
+        mask = batch.completion_mask
+        G = c.rollout.group_size
+
+        # 3. advantages [N, T]
+        rewards = torch.tensor(rollout.rewards.rewards, dtype=torch.float32, device=self.device)
+        if c.algo.reward_mode == "outcome":
+            seq_adv, _ = adv_fns.group_normalized_advantages(rewards, G, c.algo.scale, c.algo.eps_std)
+            advantages = adv_fns.broadcast_to_tokens(seq_adv, mask)
+        else:
+            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
+            advantages = adv_fns.process_advantages(step_rewards, step_mask, mask, G, c.algo.eps_std)
+
+        # 4. stored log-probs: π_old (trainer's recomputation) and π_ref
+        update_start = time.perf_counter()
+        N = mask.shape[0]
+        minibatch = c.algo.minibatch_size or N
+        single_update = c.algo.ppo_epochs == 1 and minibatch == N
+        old_logp = None if single_update else self.logprobs(self.model, batch)
+        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
+
+        # 5. μ epochs × minibatches
+        stats = self.update(batch, advantages, old_logp, ref_logp)
+        update_s = time.perf_counter() - update_start
+
+        if c.algo.ref_reset_every and self.ref_model is not None and (self.step + 1) % c.algo.ref_reset_every == 0:
+            self.ref_model.load_state_dict(self.model.state_dict())  # iterative GRPO: π_ref ← π_θ
+
+        # 6. metrics
+        gen_tokens = float(mask.sum())
+        total_tokens = float(batch.prompt_mask.sum() + mask.sum())
+        metrics: dict[str, Any] = {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if N > 1 else 0.0,
+        }
+        for name, mean in _per_verifier_means(rollout.rewards.scores).items():
+            metrics[f"reward/{name}"] = mean
+        for name, counts in rollout.rewards.failures.items():
+            metrics[f"verifier/{name}/timeouts"] = counts["timeout"]
+            metrics[f"verifier/{name}/errors"] = counts["error"]
+        metrics.update(stats)
+        lengths = mask.sum(-1).float()
+        metrics.update({
+            "rollout/len_mean": float(lengths.mean()),
+            "rollout/len_max": float(lengths.max()),
+            "rollout/finished_frac": float(batch.finished.float().mean()),
+            "rollout/zero_std_frac": rollout.zero_std_frac,
+            "rollout/resample_rounds": rollout.resample_rounds,
+            "optim/lr": self.scheduler.get_last_lr()[0],
+            "perf/rollout_s": rollout.rollout_s,
+            "perf/reward_s": rollout.reward_s,
+            "perf/rollout_tok_s": gen_tokens / max(rollout.rollout_s, 1e-9),
+            "perf/train_tok_s": total_tokens * c.algo.ppo_epochs / max(update_s, 1e-9),
+            "perf/step_s": time.perf_counter() - start,
+            "mem/peak_rss_mb": peak_rss_mb(),
+        })
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        self._log_samples(rollout)
+        return metrics
+
+    def rollout(self) -> Rollout:
+        """Sample and score ``B`` groups; with ``drop_zero_std``, replace all-equal groups
+        by groups of fresh prompts (at most ``max_resample_rounds`` extra rounds)."""
+        c = self.config
+        B, G = c.rollout.prompts_per_step, c.rollout.group_size
+        sampling = SamplingConfig(G, c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
+        kept: list[tuple[RolloutBatch, Problem, list[Sample], RewardBatch, bool]] = []
+        rollout_s = reward_s = 0.0
+        failures: dict[str, dict[str, int]] = {}
+        first_zero_frac = 0.0
+        rounds = 0
+        while True:
+            need = B if not kept else B - sum(1 for k in kept if not k[4])
+            problems = self.stream.take(need)
+            prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in problems]
+            t0 = time.perf_counter()
+            batch = self.engine.generate(prompts, sampling)
+            rollout_s += time.perf_counter() - t0
+            samples = [
+                Sample(prompt=prompts[i // G], completion=text, answer=problems[i // G].answer,
+                       row=problems[i // G].row, num_tokens=int(batch.num_tokens[i]), max_tokens=c.rollout.max_new_tokens)
+                for i, text in enumerate(batch.texts)
+            ]
+            scored = self.reward_fn(samples)
+            reward_s += scored.seconds
+            for name, counts in scored.failures.items():
+                for kind, n in counts.items():
+                    failures.setdefault(name, {}).setdefault(kind, 0)
+                    failures[name][kind] += n
+            groups = []
+            for g in range(len(problems)):
+                r = scored.rewards[g * G : (g + 1) * G]
+                rows = list(range(g * G, (g + 1) * G))
+                groups.append((select_rows(batch, rows), problems[g], samples[g * G : (g + 1) * G],
+                               _slice_rewards(scored, g * G, (g + 1) * G), max(r) == min(r)))
+            if rounds == 0:
+                first_zero_frac = sum(g[4] for g in groups) / len(groups)
+            if not c.algo.drop_zero_std:
+                kept = groups
+                break
+            informative = [g for g in kept if not g[4]] + [g for g in groups if not g[4]]
+            degenerate = [g for g in kept if g[4]] + [g for g in groups if g[4]]
+            kept = informative[:B] + degenerate[: max(0, B - len(informative))]
+            if len(informative) >= B or rounds >= c.algo.max_resample_rounds:
+                break
+            rounds += 1
+        batch = concat_batches([k[0] for k in kept], self.tokenizer.pad_token_id)
+        rewards = _concat_rewards([k[3] for k in kept], failures)
+        return Rollout(batch, [k[1] for k in kept], [s for k in kept for s in k[2]], rewards,
+                       first_zero_frac, rounds, rollout_s, reward_s)
+
+    def place_steps(self, batch: RolloutBatch, steps: list[list[Step]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense ``[N, T]`` step rewards at each step's last token, and the step mask.
+        Steps ending on the same token add up."""
+        N, T = batch.completion_mask.shape
+        step_rewards = torch.zeros(N, T)
+        step_mask = torch.zeros(N, T)
+        lengths = batch.completion_mask.sum(-1).tolist()
+        for i, sample_steps in enumerate(steps):
+            if not sample_steps or lengths[i] == 0:
+                continue
+            ids = batch.completion_ids[i, : lengths[i]].tolist()
+            for step, t in zip(sample_steps, step_token_indices(self.tokenizer, ids, [s.char_end for s in sample_steps])):
+                step_rewards[i, t] += step.reward
+                step_mask[i, t] = 1
+        return step_rewards.to(self.device), step_mask.to(self.device)
+
+    @torch.no_grad()
+    def logprobs(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
+        """``log π(a_t|s_t)`` ``[N, T]`` of the sampled tokens at the rollout temperature."""
+        was_training = model.training
+        model.eval()
+        out = []
+        micro = self.config.algo.micro_batch_size or self.config.algo.minibatch_size or batch.completion_ids.shape[0]
+        for rows in _chunks(range(batch.completion_ids.shape[0]), micro):
+            part = select_rows(batch, rows)
+            logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                       part.completion_mask, self.config.rollout.temperature)
+            out.append(losses.token_logprobs(logits, part.completion_ids) * part.completion_mask)
+        model.train(was_training)
+        return torch.cat(out)
+
+    def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logp: torch.Tensor | None,
+               ref_logp: torch.Tensor | None) -> dict[str, float]:
+        """μ epochs over shuffled minibatches of the clipped GRPO loss; returns the stats
+        averaged over micro-batches (``policy/ratio_max`` is the max)."""
+        c = self.config
+        a = c.algo
+        N = batch.completion_ids.shape[0]
+        minibatch = a.minibatch_size or N
+        micro = a.micro_batch_size or minibatch
+        sums: dict[str, float] = {}
+        count = 0
+        ratio_max = 0.0
+        grad_norms = []
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(N).tolist() if minibatch < N else list(range(N))
+            for mb in _chunks(order, minibatch):
+                self.optimizer.zero_grad(set_to_none=True)
+                for rows in _chunks(mb, micro):
+                    part = select_rows(batch, rows)
+                    idx = torch.as_tensor(rows, device=self.device)
+                    m = part.completion_mask
+                    logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask,
+                                               part.completion_ids, m, c.rollout.temperature)
+                    logp = losses.token_logprobs(logits, part.completion_ids)
+                    old = logp.detach() if old_logp is None else old_logp[idx]
+                    loss, stats = losses.grpo_loss(
+                        logp, old, None if ref_logp is None else ref_logp[idx], advantages[idx], m,
+                        a.eps_low, a.eps_high, a.beta if ref_logp is not None else 0.0,
+                        a.kl_estimator, a.loss_agg, c.rollout.max_new_tokens,
+                    )
+                    (loss * len(rows) / len(mb)).backward()
+                    with torch.no_grad():
+                        entropy = losses.entropy_from_logits(logits.detach())
+                        stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
+                    stats["loss"] = loss.detach()
+                    for key, value in stats.items():
+                        if key == "ratio_max":
+                            ratio_max = max(ratio_max, float(value))
+                        else:
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                    count += 1
+                if c.optim.max_grad_norm > 0:
+                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)))
+                self.optimizer.step()
+                self.scheduler.step()
+        out = {f"policy/{k}": v / count for k, v in sums.items()}
+        out["policy/ratio_max"] = ratio_max
+        if grad_norms:
+            out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out.setdefault("policy/kl", 0.0)
+        return out
+
+    # ------------------------------------------------------------------ eval, checkpoints
+
+    def evaluate(self) -> dict[str, float]:
+        c = self.config
+        prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in self.eval_problems]
+        t0 = time.perf_counter()
+        result = evaluate(
+            self.engine, self.eval_problems, prompts, lambda s: self.eval_reward_fn(s).rewards,
+            temperature=0.0 if c.train.eval_greedy else c.rollout.temperature, top_p=c.rollout.top_p,
+            max_new_tokens=c.rollout.max_new_tokens, batch_size=c.train.eval_batch_size,
+        )
+        return {"eval/accuracy": result.metrics["accuracy"], "perf/eval_s": time.perf_counter() - t0}
+
+    def save(self) -> Path:
+        models = {"": self.model}
+        if self.ref_model is not None and self.config.algo.ref_reset_every:
+            models["ref"] = self.ref_model
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "data": self.stream.state(),
+            "config": self.config.to_dict(),
+        }
+        return save_checkpoint(self.out, self.step, models, self.tokenizer, state, self.config.train.keep_checkpoints)
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = load_state(checkpoint)
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state(state["data"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s (step %d)", checkpoint, self.step)
+
+    def _log_samples(self, rollout: Rollout) -> None:
+        k = self.config.train.log_samples
+        if k <= 0:
+            return
+        with self.samples_path.open("a") as fh:
+            for i in range(min(k, len(rollout.samples))):
+                s = rollout.samples[i]
+                fh.write(json.dumps({
+                    "step": self.step + 1, "prompt": s.prompt, "completion": s.completion, "answer": s.answer,
+                    "reward": rollout.rewards.rewards[i],
+                    "scores": {n: _jsonable_score(v) for n, v in rollout.rewards.scores[i].items()},
+                }) + "\n")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _to_device(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
+    move = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return RolloutBatch(move(batch.prompt_ids), move(batch.prompt_mask), move(batch.completion_ids),
+                        move(batch.completion_mask), move(batch.logprobs), batch.texts, move(batch.finished))
+
+
+def _slice_rewards(r: RewardBatch, start: int, end: int) -> RewardBatch:
+    return RewardBatch(r.rewards[start:end], r.scores[start:end], r.steps[start:end], {}, 0.0)
+
+
+def _concat_rewards(parts: list[RewardBatch], failures: dict[str, dict[str, int]]) -> RewardBatch:
+    return RewardBatch([x for p in parts for x in p.rewards], [x for p in parts for x in p.scores],
+                       [x for p in parts for x in p.steps], failures, sum(p.seconds for p in parts))
+
+
+def _score_value(score: Any) -> float | None:
+    if score is None:
+        return None
+    if isinstance(score, list):
+        return sum(s.reward for s in score) / len(score) if score else 0.0
+    return float(score)
+
+
+def _per_verifier_means(scores: list[dict[str, Any]]) -> dict[str, float]:
+    values: dict[str, list[float]] = {}
+    for row in scores:
+        for name, score in row.items():
+            v = _score_value(score)
+            if v is not None:
+                values.setdefault(name, []).append(v)
+    return {n: sum(v) / len(v) for n, v in values.items() if v}
+
+
+def _jsonable_score(score: Any) -> Any:
+    if isinstance(score, list):
+        return [list(s) for s in score]
+    return score
