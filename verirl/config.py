@@ -74,7 +74,8 @@ class AlgoConfig:
     gamma: float = 1.0  # discount γ
     lam: float = 0.95  # GAE λ
     beta_r: float = 0.05  # KL coefficient in the per-token reward (PPO)
-    target_kl: float | None = None  # adaptive KL controller target (None: fixed beta_r)
+    target_kl: float | None = None  # adaptive KL controller target, per completion (KL summed over its tokens); None: fixed beta_r
+    kl_horizon: int = 10000  # adaptive KL: β_r moves by at most ±20%·N/kl_horizon per rollout of N completions
     vf_coef: float = 0.5  # c1: value-loss weight
     ent_coef: float = 0.0  # c2: entropy bonus weight
     vf_clip: float | None = 0.2  # ε_v value clip (None: plain MSE)
@@ -276,9 +277,43 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algo.eps_low must be in [0, 1) and eps_high ≥ 0, got {a.eps_low}, {a.eps_high}")
     if a.beta < 0:
         raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
+    if a.name == "ppo":
+        _validate_ppo(config)
     from verirl.rewards import parse_rewards
 
     parse_rewards(config.rewards, source="rewards")
+
+
+def _validate_ppo(config: Config) -> None:
+    """The PPO fields' ranges and combinations (``algo.name: ppo``)."""
+    a = config.algo
+    for key in ("gamma", "lam"):
+        if not 0.0 <= getattr(a, key) <= 1.0:
+            raise ConfigError(f"algo.{key} must be in [0, 1], got {getattr(a, key)}")
+    for key in ("beta_r", "vf_coef", "ent_coef"):
+        if getattr(a, key) < 0:
+            raise ConfigError(f"algo.{key} must be ≥ 0, got {getattr(a, key)}")
+    if a.vf_clip is not None and a.vf_clip < 0:
+        raise ConfigError(f"algo.vf_clip must be ≥ 0, or null for the plain MSE value loss; got {a.vf_clip}")
+    if a.critic_lr <= 0:
+        raise ConfigError(f"algo.critic_lr must be > 0, got {a.critic_lr}")
+    if a.target_kl is not None:
+        if a.target_kl <= 0:
+            raise ConfigError(f"algo.target_kl must be > 0 (or null for a fixed beta_r), got {a.target_kl}")
+        if a.beta_r <= 0:
+            raise ConfigError("algo.target_kl adapts beta_r multiplicatively, so algo.beta_r must start > 0")
+        if a.kl_horizon < 1:
+            raise ConfigError(f"algo.kl_horizon must be ≥ 1, got {a.kl_horizon}")
+    if a.critic == "shared" and a.critic_path is not None:
+        raise ConfigError(
+            "algo.critic_path initialises a separate critic; with algo.critic=shared the value head "
+            "sits on the policy's trunk (unset critic_path, or use algo.critic=separate)"
+        )
+    if a.drop_zero_std:
+        raise ConfigError(
+            "algo.drop_zero_std is GRPO's dynamic sampling (all-equal groups have zero advantage there); "
+            "PPO's critic gives every completion an advantage, so leave it false with algo.name=ppo"
+        )
 
 
 def save_config(config: Config, path: str | Path) -> None:
