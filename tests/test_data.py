@@ -85,3 +85,15 @@ def test_stream_is_seeded_and_resumable():
     assert [p.question for p in b.take(9)] == rest
     assert sorted(first[:7]) == sorted(str(i) for i in range(7))
     assert [p.question for p in ProblemStream(problems, seed=3).take(10)] == first
+
+
+def test_hugging_face_dataset_from_a_local_directory(tmp_path):
+    """The `hf:` source goes through `datasets.load_dataset`, as it does for hub ids."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"problem": f"What is {i}*2?", "solution": f"It is $\\boxed{{{2 * i}}}$."} for i in range(5)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems = load_problems(f"hf:{folder}::train", "math")
+    assert [p.answer for p in problems] == ["0", "2", "4", "6", "8"]
+    assert problems[3].question == "What is 3*2?"
