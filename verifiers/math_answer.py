@@ -1,8 +1,170 @@
-"""Built-in verifier `math_answer` (being written)."""
+"""Built-in verifier ``math_answer``: is the completion's final answer the gold answer?
 
-from verirl import hookimpl
+The final answer is extracted from the completion (last ``\\boxed{}``, GSM8K ``####``,
+"the answer is ...", an ``A: ...`` line, then optionally the last number), the gold
+answer from ``sample.answer`` (a bare answer or a full solution), and the two are
+compared by :func:`verirl.answers.judge`: a safe parser (no eval) and sympy equivalence
+with a numeric tolerance for decimals. The comparison runs in a pool of sandboxed
+worker processes, each sample under a hard time bound; verdicts are cached.
+
+Score per sample: ``correct`` if equivalent, ``incorrect`` if not or if no answer is
+found, ``None`` when the sample has no gold answer, ``Failure("timeout")`` when the
+comparison ran past ``timeout`` seconds, ``Failure("error")`` when the gold answer
+cannot be parsed or a worker failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Sequence
+
+from verirl import ConfigError, Failure, Sample, hookimpl, verifier
+from verirl.answers import extract_answer, extract_gold, judge_item
+from verirl.mathparse import MAX_CHARS
+from verirl.sandbox import WorkerPool
+
+log = logging.getLogger(__name__)
+
+Score = float | None | Failure
+
+
+@verifier("math_answer", kind="outcome")
+class MathAnswer:
+    """Final-answer correctness (sympy equivalence, sandboxed, with a hard time bound).
+
+    Params:
+        timeout: hard bound in seconds on comparing one sample (the worker is killed).
+        workers: worker processes; 0 = one per available core.
+        rel_tol: relative tolerance when either answer is a decimal.
+        last_number_fallback: with no boxed/####/"answer is" answer, use the last number.
+        correct / incorrect: the scores given.
+        cache_size: verdicts remembered (LRU) by (answer, gold answer, rel_tol); 0 = none.
+        extract_gold: find the gold answer in ``sample.answer`` (``\\boxed{}``/``####``);
+            False takes ``sample.answer`` as the final answer itself.
+        memory_mb: address space each worker may add (MiB) before MemoryError.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 2.0,
+        workers: int = 0,
+        rel_tol: float = 1e-4,
+        last_number_fallback: bool = True,
+        correct: float = 1.0,
+        incorrect: float = 0.0,
+        cache_size: int = 100_000,
+        extract_gold: bool = True,
+        memory_mb: int = 3072,
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigError(f"math_answer param 'timeout' must be > 0 seconds, got {timeout!r}")
+        if workers < 0:
+            raise ConfigError(f"math_answer param 'workers' must be >= 0 (0 = all cores), got {workers!r}")
+        if not 0 <= rel_tol < 1:
+            raise ConfigError(f"math_answer param 'rel_tol' must be in [0, 1), got {rel_tol!r}")
+        if cache_size < 0:
+            raise ConfigError(f"math_answer param 'cache_size' must be >= 0, got {cache_size!r}")
+        if memory_mb < 64:
+            raise ConfigError(f"math_answer param 'memory_mb' must be >= 64, got {memory_mb!r}")
+        self.timeout = timeout
+        self.workers = workers
+        self.rel_tol = rel_tol
+        self.last_number_fallback = last_number_fallback
+        self.correct = correct
+        self.incorrect = incorrect
+        self.cache_size = cache_size
+        self.extract_gold = extract_gold
+        self.memory_mb = memory_mb
+        self._pool: WorkerPool | None = None
+        self._cache: OrderedDict[tuple[str, str, float], bool | Failure] = OrderedDict()
+        self._lock = threading.Lock()
+        # counters for metrics: how each sample was decided
+        self.stats = {"samples": 0, "cache_hits": 0, "no_answer": 0, "no_gold": 0,
+                      "too_long": 0, "judged": 0, "timeouts": 0, "errors": 0}
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The sandbox pool, started on first use and reused."""
+        if self._pool is None:
+            self._pool = WorkerPool(
+                judge_item, workers=self.workers, timeout_s=self.timeout,
+                memory_mb=self.memory_mb, preload=("verirl.answers",),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> "MathAnswer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, samples: Sequence[Sample]) -> list[Score]:
+        with self._lock:
+            return self._score(samples)
+
+    def _score(self, samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score] = [None] * len(samples)
+        todo: dict[tuple[str, str, float], list[int]] = {}
+        for i, sample in enumerate(samples):
+            self.stats["samples"] += 1
+            gold = extract_gold(sample.answer) if self.extract_gold else sample.answer.strip()
+            if not gold:
+                self.stats["no_gold"] += 1
+                continue  # None: this verifier does not apply without a gold answer
+            pred = extract_answer(sample.completion, self.last_number_fallback)
+            if pred is None:
+                self.stats["no_answer"] += 1
+                scores[i] = self.incorrect
+                continue
+            if len(pred) > MAX_CHARS:
+                self.stats["too_long"] += 1
+                scores[i] = self.incorrect
+                continue
+            key = (pred, gold, self.rel_tol)
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.stats["cache_hits"] += 1
+                scores[i] = self._to_score(cached)
+                continue
+            todo.setdefault(key, []).append(i)
+        if todo:
+            keys = list(todo)
+            verdicts = self.pool.map(keys)
+            self.stats["judged"] += len(keys)
+            for key, verdict in zip(keys, verdicts):
+                if isinstance(verdict, Failure):
+                    self.stats["timeouts" if verdict.kind == "timeout" else "errors"] += 1
+                    log.debug("math_answer %s on answer %r vs gold %r: %s",
+                              verdict.kind, key[0][:100], key[1][:100], verdict.cause)
+                self._remember(key, verdict)
+                for i in todo[key]:
+                    scores[i] = self._to_score(verdict)
+        return scores
+
+    def _to_score(self, verdict: bool | Failure) -> Score:
+        if isinstance(verdict, Failure):
+            return verdict
+        return self.correct if verdict else self.incorrect
+
+    def _remember(self, key: tuple[str, str, float], verdict: bool | Failure) -> None:
+        # timeouts and errors are cached too: the same hostile text would hang again
+        if self.cache_size == 0:
+            return
+        self._cache[key] = verdict
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
 
 @hookimpl
-def verirl_register_verifiers():
-    return []
+def verirl_register_verifiers() -> list:
+    return [MathAnswer]
