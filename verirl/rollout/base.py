@@ -91,3 +91,22 @@ def select_rows(batch: RolloutBatch, rows: Sequence[int]) -> RolloutBatch:
         texts=[batch.texts[i] for i in rows],
         finished=batch.finished[idx],
     )
+
+
+def trim_padding(batch: RolloutBatch) -> RolloutBatch:
+    """Drop the prompt columns that are padding in every row (left) and the completion
+    columns past the longest completion (right), so a micro-batch of short sequences
+    costs what its sequences need. Completion column t keeps its index t."""
+    P = batch.prompt_mask.shape[1]
+    first = int((batch.prompt_mask.sum(0) > 0).int().argmax()) if P else 0
+    T = int(batch.completion_mask.sum(-1).max()) if batch.completion_mask.numel() else 0
+    T = max(T, 1)
+    return RolloutBatch(
+        prompt_ids=batch.prompt_ids[:, first:],
+        prompt_mask=batch.prompt_mask[:, first:],
+        completion_ids=batch.completion_ids[:, :T],
+        completion_mask=batch.completion_mask[:, :T],
+        logprobs=None if batch.logprobs is None else batch.logprobs[:, :T],
+        texts=batch.texts,
+        finished=batch.finished,
+    )
