@@ -63,7 +63,7 @@ class AlgoConfig:
     max_resample_rounds: int = 4  # with drop_zero_std: extra sampling rounds per step at most
     eps_low: float = 0.2  # ratio clip, lower side
     eps_high: float = 0.2  # ratio clip, upper side
-    beta: float = 0.04  # KL coefficient in the loss (0: no reference model is loaded)
+    beta: float = 0.04  # GRPO: KL coefficient in the loss (0: no reference model is loaded); PPO uses beta_r
     kl_estimator: Literal["k3", "k1", "k2"] = "k3"  # per-token KL estimator
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
     ppo_epochs: int = 1  # μ: passes over each rollout batch

@@ -11,7 +11,9 @@ One step of GRPO (ALGORITHMS.md), as :meth:`Trainer.train_step` reads:
 5. μ epochs × minibatches of the clipped loss + β·KL, AdamW, gradient clipping;
 6. metrics to ``metrics.jsonl``; eval and checkpoint on their schedules.
 
-PPO with a critic is the same loop with GAE advantages (``algo.name: ppo``).
+PPO with a critic (``algo.name: ppo``) is the same loop: steps 3–5 become
+:meth:`verirl.ppo.PPO.step` (per-token rewards with the KL penalty, GAE from the
+critic's values, the clipped policy + value + entropy loss).
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
 from verirl.metrics import MetricsWriter, peak_rss_mb
 from verirl.models import completion_logits, frozen_copy, load_causal_lm, load_tokenizer, pick_device
+from verirl.ppo import PPO
 from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
 from verirl.rollout import make_engine
-from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows
+from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows, trim_padding
 from verirl.verifier import ConfigError, Sample, Step
 
 log = logging.getLogger("verirl.trainer")
@@ -92,8 +95,6 @@ class Trainer:
     def __init__(self, config: Config):
         self.config = config
         c = config
-        if c.algo.name != "grpo":
-            raise ConfigError(f"algo.name={c.algo.name!r} is not available yet; use algo.name=grpo")
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         self.out = Path(c.train.output_dir)
@@ -127,7 +128,8 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         self.model.train()
         self.ref_model = None
-        if c.algo.beta > 0:
+        # GRPO puts the KL to π_ref in the loss (β), PPO in the per-token reward (β_r)
+        if (c.algo.beta_r if c.algo.name == "ppo" else c.algo.beta) > 0:
             ref_source = c.model.name_or_path
             if checkpoint is not None and (checkpoint / "ref").exists():
                 ref_source = str(checkpoint / "ref")
@@ -142,6 +144,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
         )
+        # PPO: the critic, its optimizer and the KL controller (a resumed run loads the critic here)
+        self.ppo = PPO(c, self.model, self.optimizer, self.scheduler, checkpoint) if c.algo.name == "ppo" else None
         self.step = 0
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -201,33 +205,19 @@ class Trainer:
         rollout = self.rollout()
         batch = _to_device(rollout.batch, self.device)
         mask = batch.completion_mask
-        G = c.rollout.group_size
 
-        # 3. advantages [N, T]
+        # 3-5. advantages, stored log-probs, the update: GRPO's or PPO's
         rewards = torch.tensor(rollout.rewards.rewards, dtype=torch.float32, device=self.device)
-        if c.algo.reward_mode == "outcome":
-            seq_adv, _ = adv_fns.group_normalized_advantages(rewards, G, c.algo.scale, c.algo.eps_std)
-            advantages = adv_fns.broadcast_to_tokens(seq_adv, mask)
+        if self.ppo is not None:
+            stats, update_s = self._ppo_update(batch, rollout, rewards)
         else:
-            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
-            advantages = adv_fns.process_advantages(step_rewards, step_mask, mask, G, c.algo.eps_std)
-
-        # 4. stored log-probs: π_old (trainer's recomputation) and π_ref
-        update_start = time.perf_counter()
-        N = mask.shape[0]
-        minibatch = c.algo.minibatch_size or N
-        single_update = c.algo.ppo_epochs == 1 and minibatch == N
-        old_logp = None if single_update else self.logprobs(self.model, batch)
-        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
-
-        # 5. μ epochs × minibatches
-        stats = self.update(batch, advantages, old_logp, ref_logp)
-        update_s = time.perf_counter() - update_start
+            stats, update_s = self._grpo_update(batch, rollout, rewards)
 
         if c.algo.ref_reset_every and self.ref_model is not None and (self.step + 1) % c.algo.ref_reset_every == 0:
             self.ref_model.load_state_dict(self.model.state_dict())  # iterative GRPO: π_ref ← π_θ
 
         # 6. metrics
+        N = mask.shape[0]
         gen_tokens = float(mask.sum())
         total_tokens = float(batch.prompt_mask.sum() + mask.sum())
         metrics: dict[str, Any] = {
@@ -259,6 +249,41 @@ class Trainer:
             metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self._log_samples(rollout)
         return metrics
+
+    def _grpo_update(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> tuple[dict[str, float], float]:
+        """GRPO's steps 3-5 on a scored rollout; returns ``(stats, update seconds)``."""
+        c = self.config
+        mask = batch.completion_mask
+        G = c.rollout.group_size
+
+        # 3. advantages [N, T]
+        if c.algo.reward_mode == "outcome":
+            seq_adv, _ = adv_fns.group_normalized_advantages(rewards, G, c.algo.scale, c.algo.eps_std)
+            advantages = adv_fns.broadcast_to_tokens(seq_adv, mask)
+        else:
+            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
+            advantages = adv_fns.process_advantages(step_rewards, step_mask, mask, G, c.algo.eps_std)
+
+        # 4. stored log-probs: π_old (trainer's recomputation) and π_ref
+        update_start = time.perf_counter()
+        N = mask.shape[0]
+        minibatch = c.algo.minibatch_size or N
+        single_update = c.algo.ppo_epochs == 1 and minibatch == N
+        old_logp = None if single_update else self.logprobs(self.model, batch)
+        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
+
+        # 5. μ epochs × minibatches
+        stats = self.update(batch, advantages, old_logp, ref_logp)
+        return stats, time.perf_counter() - update_start
+
+    def _ppo_update(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> tuple[dict[str, float], float]:
+        """PPO's steps 3-5 (:meth:`verirl.ppo.PPO.step`); returns ``(stats, update seconds)``."""
+        update_start = time.perf_counter()
+        # outcome: R_i on the last token; process: each step's reward on its last token
+        scores = rewards if self.config.algo.reward_mode == "outcome" else self.place_steps(batch, rollout.rewards.steps)[0]
+        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        stats = self.ppo.step(batch, scores, ref_logp)
+        return stats, time.perf_counter() - update_start
 
     def rollout(self) -> Rollout:
         """Sample and score ``B`` groups; with ``drop_zero_std``, replace all-equal groups
@@ -335,10 +360,11 @@ class Trainer:
         out = []
         micro = self.config.algo.micro_batch_size or self.config.algo.minibatch_size or batch.completion_ids.shape[0]
         for rows in _chunks(range(batch.completion_ids.shape[0]), micro):
-            part = select_rows(batch, rows)
+            part = trim_padding(select_rows(batch, rows))
             logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
                                        part.completion_mask, self.config.rollout.temperature)
-            out.append(losses.token_logprobs(logits, part.completion_ids) * part.completion_mask)
+            logp = losses.token_logprobs(logits, part.completion_ids) * part.completion_mask
+            out.append(torch.nn.functional.pad(logp, (0, batch.completion_ids.shape[1] - logp.shape[1])))
         model.train(was_training)
         return torch.cat(out)
 
@@ -360,15 +386,16 @@ class Trainer:
             for mb in _chunks(order, minibatch):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in _chunks(mb, micro):
-                    part = select_rows(batch, rows)
+                    part = trim_padding(select_rows(batch, rows))
                     idx = torch.as_tensor(rows, device=self.device)
                     m = part.completion_mask
+                    T = m.shape[1]
                     logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask,
                                                part.completion_ids, m, c.rollout.temperature)
                     logp = losses.token_logprobs(logits, part.completion_ids)
-                    old = logp.detach() if old_logp is None else old_logp[idx]
+                    old = logp.detach() if old_logp is None else old_logp[idx, :T]
                     loss, stats = losses.grpo_loss(
-                        logp, old, None if ref_logp is None else ref_logp[idx], advantages[idx], m,
+                        logp, old, None if ref_logp is None else ref_logp[idx, :T], advantages[idx, :T], m,
                         a.eps_low, a.eps_high, a.beta if ref_logp is not None else 0.0,
                         a.kl_estimator, a.loss_agg, c.rollout.max_new_tokens,
                     )
@@ -419,6 +446,9 @@ class Trainer:
             "data": self.stream.state(),
             "config": self.config.to_dict(),
         }
+        if self.ppo is not None:
+            models["critic"] = self.ppo.critic
+            state["ppo"] = self.ppo.state_dict()
         return save_checkpoint(self.out, self.step, models, self.tokenizer, state, self.config.train.keep_checkpoints)
 
     def _restore(self, checkpoint: Path) -> None:
@@ -427,6 +457,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state(state["data"])
+        if self.ppo is not None:
+            if "ppo" not in state:
+                raise ConfigError(f"{checkpoint} holds no PPO state (critic optimizer, KL controller): "
+                                  "it was written by a GRPO run; resume it with algo.name=grpo")
+            self.ppo.load_state_dict(state["ppo"])
         set_rng_state(state["rng"])
         log.info("resumed from %s (step %d)", checkpoint, self.step)
 

@@ -1,0 +1,407 @@
+"""PPO with a critic (``algo.name: ppo``): the pieces of one PPO step, as ALGORITHMS.md reads.
+
+The trainer does the rollout and scoring exactly as for GRPO, then hands the batch to
+:meth:`PPO.step`:
+
+1. one no-grad pass over the rollout: ``log π_old(a_t|s_t)`` and ``V_old(s_t)`` (and the
+   trainer passes ``log π_ref`` when ``β_r > 0``);
+2. per-token rewards ``r_t = −β_r (log π_old − log π_ref) + R·[t = last]`` (process
+   rewards on their steps' last tokens), :func:`verirl.advantages.per_token_rewards_for_ppo`;
+3. GAE(γ, λ) once, from the stored ``V_old``, then frozen; returns ``G_t = A_t + V_old``;
+   advantages whitened over the batch's valid tokens (:func:`ppo_advantages`);
+4. K epochs × shuffled minibatches of ``L = L_policy + c1·L_V − c2·H`` (:func:`ppo_loss`),
+   AdamW on the policy and, with its own learning rate, on the critic;
+5. the KL controller sees this rollout's KL and sets ``β_r`` for the next one.
+
+After the epochs the next rollout samples from the updated policy and reads values from
+the updated critic: that is ``π_old ← π_θ``, ``V_old ← V_φ``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from verirl import advantages as adv_fns
+from verirl import losses
+from verirl.critic import Critic, SharedValueHead, build_critic
+from verirl.models import sequence_inputs
+from verirl.rollout.base import RolloutBatch, select_rows
+
+# --------------------------------------------------------------------------- pure math
+
+
+@torch.no_grad()
+def ppo_advantages(
+    scores: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor | None,
+    old_values: Tensor,
+    mask: Tensor,
+    beta_r: float,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token rewards, whitened GAE advantages and λ-returns of one rollout.
+
+    ``r_t = −β_r · (log π_old(a_t|s_t) − log π_ref(a_t|s_t)) + R`` on the last token (or
+    the dense step rewards of ``scores [N, T]``); ``δ_t = r_t + γ V_old(s_{t+1}) − V_old(s_t)``
+    with ``V_old(s_{T+1}) = 0``; ``A_t = δ_t + γλ A_{t+1}``; ``G_t = A_t + V_old(s_t)``;
+    then ``Â = (A − mean(A)) / sqrt(var(A) + 1e-8)`` over the valid tokens.
+
+    Args:
+        scores: ``[N]`` outcome rewards or ``[N, T]`` placed step rewards.
+        old_logp, ref_logp, old_values, mask: ``[N, T]``; ``ref_logp`` may be None when
+            ``beta_r == 0``.
+
+    Returns:
+        ``(token_rewards, advantages, returns)``, each ``[N, T]``, detached, 0 on padding;
+        ``advantages`` are whitened, ``returns`` are the raw λ-returns (the critic's target).
+    """
+    rewards = adv_fns.per_token_rewards_for_ppo(scores, old_logp, ref_logp if beta_r > 0 else None, mask, beta_r)
+    raw_adv, returns = adv_fns.gae(rewards, old_values, mask, gamma, lam)
+    return rewards, adv_fns.masked_whiten(raw_adv, mask), returns
+
+
+def ppo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    vf_clip: float | None = 0.2,
+    loss_agg: str = "seq-mean-token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The PPO objective: ``L = L_policy + c1 · L_V − c2 · H``.
+
+    - ``L_policy``: the clipped surrogate ``−min(ρ_t A_t, clip(ρ_t, 1−ε_low, 1+ε_high) A_t)``
+      (:func:`verirl.losses.clipped_policy_loss`);
+    - ``L_V = max((V_φ − G_t)², (V_old + clip(V_φ − V_old, −ε_v, ε_v) − G_t)²)``, or the plain
+      ``(V_φ − G_t)²`` when ``vf_clip is None`` (:func:`verirl.losses.clipped_value_loss`);
+    - ``H = H[π_θ](s_t)``, the per-token entropy (pass it with gradient when ``c2 > 0``);
+
+    each term aggregated over tokens with ``loss_agg`` (:func:`verirl.losses.aggregate_loss`),
+    ``c1 = vf_coef``, ``c2 = ent_coef``. All inputs are ``[N, T]``; ``old_logp``,
+    ``advantages``, ``old_values`` and ``returns`` are constants of the update.
+
+    Returns ``(loss, stats)``: the policy-loss stats (``clip_frac``, ``ratio_mean``, ...),
+    ``pg_loss``, ``value_loss``, ``vf_clip_frac``, ``entropy`` (detached 0-d tensors).
+    """
+    if vf_coef < 0 or ent_coef < 0:
+        raise ValueError(f"vf_coef and ent_coef must be >= 0, got {vf_coef!r}, {ent_coef!r}")
+    if vf_clip is not None and vf_clip < 0:
+        raise ValueError(f"vf_clip must be >= 0 or None (plain MSE), got {vf_clip!r}")
+    aggregate = losses.get_loss_aggregation(loss_agg)
+    pg_tokens, stats = losses.clipped_policy_loss(logp, old_logp, advantages, mask, eps_low, eps_high)
+    vf_tokens, vf_stats = losses.clipped_value_loss(
+        values, old_values, returns, mask, 0.0 if vf_clip is None else vf_clip, clip=vf_clip is not None
+    )
+    valid = mask.bool()
+    ent_tokens = torch.where(valid, entropy, torch.zeros((), dtype=entropy.dtype, device=entropy.device))
+    pg_loss = aggregate(pg_tokens, mask, max_len)
+    value_loss = aggregate(vf_tokens, mask, max_len)
+    ent = aggregate(ent_tokens, mask, max_len)
+    loss = pg_loss + vf_coef * value_loss - ent_coef * ent
+    stats.update(pg_loss=pg_loss.detach(), value_loss=value_loss.detach(), entropy=ent.detach(), **vf_stats)
+    return loss, stats
+
+
+# --------------------------------------------------------------------------- KL control
+
+
+class KLController(Protocol):
+    """Holds ``β_r``, the KL coefficient of the per-token reward, and adapts it."""
+
+    value: float
+
+    def update(self, kl: float, n_samples: int) -> None: ...
+
+    def state_dict(self) -> dict[str, float]: ...
+
+    def load_state_dict(self, state: dict[str, float]) -> None: ...
+
+
+class FixedKLController:
+    """``β_r`` stays at its configured value."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def update(self, kl: float, n_samples: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """The proportional controller of Ziegler et al. 2019 (arXiv 1909.08593, §2.2).
+
+    After a rollout of ``n`` completions whose KL is ``KL`` (per completion: the sum over
+    its tokens of ``log π_old − log π_ref``, averaged over the batch):
+    ``e = clip(KL / KL_target − 1, −0.2, 0.2)``, ``β_r ← β_r · (1 + e · n / horizon)``.
+    KL above target raises ``β_r`` (a stronger pull towards π_ref), below lowers it; the
+    clip bounds the change per rollout.
+    """
+
+    def __init__(self, init: float, target: float, horizon: int):
+        if init <= 0 or target <= 0 or horizon < 1:
+            raise ValueError(
+                f"adaptive KL control needs beta_r > 0, target_kl > 0 and kl_horizon >= 1; "
+                f"got beta_r={init!r}, target_kl={target!r}, kl_horizon={horizon!r}"
+            )
+        self.value = float(init)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, kl: float, n_samples: int) -> None:
+        if not math.isfinite(kl):
+            raise ValueError(f"the rollout's KL to the reference is {kl}; the KL controller needs a finite value")
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_samples / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+def make_kl_controller(beta_r: float, target_kl: float | None, horizon: int) -> KLController:
+    """Fixed ``β_r`` when ``target_kl`` is None, else the adaptive controller starting at ``β_r``."""
+    if target_kl is None:
+        return FixedKLController(beta_r)
+    return AdaptiveKLController(beta_r, target_kl, horizon)
+
+
+# --------------------------------------------------------------------------- model passes
+
+
+def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature: float) -> tuple[Tensor, Tensor]:
+    """Logits ``[n, T, V]`` (divided by ``temperature``) predicting each completion token,
+    and the values ``V(s_t)`` ``[n, T]`` of the states they are predicted from.
+
+    Both are read at input position ``P − 1 + t`` for completion token t (the last token
+    of ``s_t = prompt + o_<t``). A shared head reads the policy's last hidden state from
+    the same forward; a separate critic runs its own backbone on the same inputs.
+    """
+    inputs = sequence_inputs(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask)
+    P, T = part.prompt_ids.shape[1], part.completion_ids.shape[1]
+    shared = isinstance(critic, SharedValueHead)
+    out = policy(**inputs, use_cache=False, output_hidden_states=shared)
+    logits = out.logits[:, P - 1 : P + T - 1].float() / temperature
+    if shared:
+        # hidden_states[-1] is the trunk's final (normed) state, the LM head's input
+        values = critic(out.hidden_states[-1][:, P - 1 : P + T - 1])
+    else:
+        values = critic(**inputs)[:, P - 1 : P + T - 1]
+    return logits, values
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# --------------------------------------------------------------------------- the PPO step
+
+
+class PPO:
+    """The critic, its optimizer and the KL controller, and one PPO step on a rollout.
+
+    The policy, its optimizer and scheduler belong to the trainer and are passed in;
+    :meth:`step` updates them in place. ``config`` is the run's :class:`verirl.config.Config`.
+    """
+
+    def __init__(self, config: Any, policy: Any, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, checkpoint: Path | None = None):
+        self.config = config
+        a, o, m = config.algo, config.optim, config.model
+        self.policy = policy
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.critic = build_critic(
+            a.critic, policy, a.critic_path or m.name_or_path, checkpoint,
+            dtype=m.dtype, trust_remote_code=m.trust_remote_code, gradient_checkpointing=m.gradient_checkpointing,
+        )
+        # The critic's own optimizer: in shared mode it holds only the head (the trunk is
+        # the policy's, trained by the policy optimizer with the value loss's gradient too).
+        self.critic_optimizer = torch.optim.AdamW(
+            self.critic.parameters(), lr=a.critic_lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        warmup = o.warmup_steps
+        self.critic_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.critic_optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.kl_ctl = make_kl_controller(a.beta_r, a.target_kl, a.kl_horizon)
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of PPO's a checkpoint needs besides the critic's weights."""
+        return {
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "critic_scheduler": self.critic_scheduler.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.critic_scheduler.load_state_dict(state["critic_scheduler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+
+    # ---------------------------------------------------------------- rollout side
+
+    @torch.no_grad()
+    def rollout_pass(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+        """``log π_old(a_t|s_t)`` and ``V_old(s_t)``, both ``[N, T]`` float32, 0 on padding:
+        the policy and critic as they are before this step's update, without gradient."""
+        a = self.config.algo
+        N = batch.completion_ids.shape[0]
+        micro = a.micro_batch_size or a.minibatch_size or N
+        was = (self.policy.training, self.critic.training)
+        self.policy.eval()
+        self.critic.eval()
+        logps, values = [], []
+        for rows in _chunks(range(N), micro):
+            part = select_rows(batch, rows)
+            logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature)
+            m = part.completion_mask
+            logps.append(losses.token_logprobs(logits, part.completion_ids) * m)
+            values.append(v.float() * m)
+        self.policy.train(was[0])
+        self.critic.train(was[1])
+        return torch.cat(logps), torch.cat(values)
+
+    # ---------------------------------------------------------------- one step
+
+    def step(self, batch: RolloutBatch, scores: Tensor, ref_logp: Tensor | None) -> dict[str, float]:
+        """One PPO iteration on a scored rollout; returns its metrics.
+
+        Args:
+            batch: the rollout (on the training device).
+            scores: ``[N]`` outcome rewards, or ``[N, T]`` step rewards placed on each
+                step's last token (process supervision).
+            ref_logp: ``log π_ref`` ``[N, T]`` of the sampled tokens; required when
+                ``β_r > 0``.
+        """
+        c = self.config
+        a = c.algo
+        mask = batch.completion_mask
+        beta_r = self.kl_ctl.value
+        if beta_r > 0 and ref_logp is None:
+            raise ValueError("PPO with beta_r > 0 needs log π_ref: the trainer must load the reference model")
+
+        # 1-3. frozen rollout quantities: log π_old, V_old, r_t, A_t (whitened), G_t
+        old_logp, old_values = self.rollout_pass(batch)
+        token_rewards, advantages, returns = ppo_advantages(
+            scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam
+        )
+        raw_adv = returns - old_values  # A_t before whitening, for the logs
+        with torch.no_grad():
+            valid = mask.bool()
+            rollout_stats: dict[str, float] = {
+                "critic/explained_var": float(losses.explained_variance(old_values, returns, mask)),
+                "critic/value_mean": float(adv_fns.masked_mean(old_values, valid)),
+                "critic/return_mean": float(adv_fns.masked_mean(returns, valid)),
+                "ppo/beta_r": beta_r,
+                "ppo/advantage_mean": float(adv_fns.masked_mean(raw_adv, valid)),
+                "ppo/advantage_std": float(adv_fns.masked_var(raw_adv, valid).sqrt()),
+                # Σ_t r_t per completion (outcome reward minus the KL penalty), batch mean
+                "ppo/token_reward_sum": float(token_rewards.sum(-1).mean()),
+            }
+            kl_seq = 0.0
+            if ref_logp is not None:
+                log_ratio = torch.where(valid, old_logp - ref_logp, torch.zeros((), device=mask.device))
+                kl_seq = float(log_ratio.sum(-1).mean())
+                per_token_kl = losses.get_kl_estimator(a.kl_estimator)(old_logp, ref_logp)
+                rollout_stats["policy/kl"] = float(adv_fns.masked_mean(per_token_kl, valid))
+            rollout_stats["ppo/kl_seq"] = kl_seq
+
+        # 4. K epochs × shuffled minibatches
+        stats = self.update(batch, old_logp, old_values, advantages, returns)
+        stats.update(rollout_stats)
+        stats.setdefault("policy/kl", 0.0)
+
+        # 5. β_r for the next rollout
+        if ref_logp is not None:
+            self.kl_ctl.update(kl_seq, mask.shape[0])
+        return stats
+
+    def update(self, batch: RolloutBatch, old_logp: Tensor, old_values: Tensor, advantages: Tensor,
+               returns: Tensor) -> dict[str, float]:
+        """K = ``algo.ppo_epochs`` passes of shuffled minibatches of :func:`ppo_loss`, AdamW
+        on the policy and the critic; stats averaged over micro-batches (ratio_max: max)."""
+        c = self.config
+        a, o = c.algo, c.optim
+        N = batch.completion_ids.shape[0]
+        minibatch = a.minibatch_size or N
+        micro = a.micro_batch_size or minibatch
+        sums: dict[str, float] = {}
+        count = 0
+        ratio_max = 0.0
+        grad_norms: list[float] = []
+        critic_grad_norms: list[float] = []
+        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(N).tolist() if minibatch < N else list(range(N))
+            for mb in _chunks(order, minibatch):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                for rows in _chunks(mb, micro):
+                    part = select_rows(batch, rows)
+                    idx = torch.as_tensor(rows, device=old_logp.device)
+                    m = part.completion_mask
+                    logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature)
+                    logp = losses.token_logprobs(logits, part.completion_ids)
+                    # The entropy bonus needs the entropy's gradient only when c2 > 0.
+                    if a.ent_coef > 0:
+                        entropy = losses.entropy_from_logits(logits)
+                    else:
+                        with torch.no_grad():
+                            entropy = losses.entropy_from_logits(logits.detach())
+                    loss, stats = ppo_loss(
+                        logp, old_logp[idx], advantages[idx], values, old_values[idx], returns[idx], entropy, m,
+                        eps_low=a.eps_low, eps_high=a.eps_high, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
+                        vf_clip=a.vf_clip, loss_agg=a.loss_agg, max_len=c.rollout.max_new_tokens,
+                    )
+                    (loss * len(rows) / len(mb)).backward()
+                    stats["loss"] = loss.detach()
+                    for key, value in stats.items():
+                        if key == "ratio_max":
+                            ratio_max = max(ratio_max, float(value))
+                        else:
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                    count += 1
+                if o.max_grad_norm > 0:
+                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy_params, o.max_grad_norm)))
+                    critic_grad_norms.append(float(torch.nn.utils.clip_grad_norm_(critic_params, o.max_grad_norm)))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.critic_optimizer.step()
+                self.critic_scheduler.step()
+        critic_keys = {"value_loss", "vf_clip_frac"}
+        out = {(f"critic/{k}" if k in critic_keys else f"policy/{k}"): v / count for k, v in sums.items()}
+        out["policy/ratio_max"] = ratio_max
+        if grad_norms:
+            out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
+            out["critic/grad_norm"] = sum(critic_grad_norms) / len(critic_grad_norms)
+        out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
+        return out
