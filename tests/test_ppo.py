@@ -461,6 +461,25 @@ def test_critic_fits_the_returns_of_a_fixed_rollout(char_model, problems_file, t
     assert stats[0]["critic/explained_var"] == 0.0 and stats[-1]["critic/explained_var"] > 0.5
 
 
+def test_rollout_pass_is_the_same_in_trimmed_micro_batches(char_model, problems_file, tmp_path, plugin):
+    """Micro-batches drop their all-padding columns; log π_old and V_old must not change."""
+    whole = Trainer(ppo_config(char_model, problems_file, tmp_path / "a", "algo.critic=shared"))
+    micro = Trainer(ppo_config(char_model, problems_file, tmp_path / "b", "algo.critic=shared",
+                               "algo.minibatch_size=8", "algo.micro_batch_size=1"))
+    try:
+        torch.nn.init.normal_(whole.ppo.critic.head.linear.weight)
+        micro.ppo.critic.load_state_dict(whole.ppo.critic.state_dict())
+        batch = whole.rollout().batch
+        assert batch.completion_mask.sum(-1).min() < batch.completion_mask.shape[1]  # some rows are padded
+        logp_a, v_a = whole.ppo.rollout_pass(batch)
+        logp_b, v_b = micro.ppo.rollout_pass(batch)
+    finally:
+        whole.close()
+        micro.close()
+    assert torch.allclose(logp_a, logp_b, atol=1e-5) and torch.allclose(v_a, v_b, atol=1e-5)
+    assert v_a.abs().sum() > 0
+
+
 def test_resuming_a_grpo_checkpoint_as_ppo_is_refused(char_model, problems_file, tmp_path, plugin):
     out = tmp_path / "r"
     run(ppo_config(char_model, problems_file, out, "algo.name=grpo", "algo.beta=0", "train.steps=1"))

@@ -30,7 +30,7 @@ from verirl import advantages as adv_fns
 from verirl import losses
 from verirl.critic import Critic, SharedValueHead, build_critic
 from verirl.models import sequence_inputs
-from verirl.rollout.base import RolloutBatch, select_rows
+from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
 
 # --------------------------------------------------------------------------- pure math
 
@@ -279,12 +279,15 @@ class PPO:
         self.policy.eval()
         self.critic.eval()
         logps, values = [], []
+        width = batch.completion_ids.shape[1]
         for rows in _chunks(range(N), micro):
-            part = select_rows(batch, rows)
+            # a micro-batch of short sequences pays only for its own columns; pad back to [n, T]
+            part = trim_padding(select_rows(batch, rows))
             logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature)
             m = part.completion_mask
-            logps.append(losses.token_logprobs(logits, part.completion_ids) * m)
-            values.append(v.float() * m)
+            pad = (0, width - m.shape[1])
+            logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
+            values.append(torch.nn.functional.pad(v.float() * m, pad))
         self.policy.train(was[0])
         self.critic.train(was[1])
         return torch.cat(logps), torch.cat(values)
@@ -366,9 +369,10 @@ class PPO:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 for rows in _chunks(mb, micro):
-                    part = select_rows(batch, rows)
+                    part = trim_padding(select_rows(batch, rows))
                     idx = torch.as_tensor(rows, device=old_logp.device)
                     m = part.completion_mask
+                    T = m.shape[1]  # trimmed: completion column t keeps its index t
                     logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature)
                     logp = losses.token_logprobs(logits, part.completion_ids)
                     # The entropy bonus needs the entropy's gradient only when c2 > 0.
@@ -378,7 +382,8 @@ class PPO:
                         with torch.no_grad():
                             entropy = losses.entropy_from_logits(logits.detach())
                     loss, stats = ppo_loss(
-                        logp, old_logp[idx], advantages[idx], values, old_values[idx], returns[idx], entropy, m,
+                        logp, old_logp[idx, :T], advantages[idx, :T], values, old_values[idx, :T], returns[idx, :T],
+                        entropy, m,
                         eps_low=a.eps_low, eps_high=a.eps_high, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
                         vf_clip=a.vf_clip, loss_agg=a.loss_agg, max_len=c.rollout.max_new_tokens,
                     )
