@@ -46,12 +46,11 @@ def ppo_advantages(
     gamma: float = 1.0,
     lam: float = 0.95,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-token rewards, whitened GAE advantages and λ-returns of one rollout.
-
-    ``r_t = −β_r · (log π_old(a_t|s_t) − log π_ref(a_t|s_t)) + R`` on the last token (or
-    the dense step rewards of ``scores [N, T]``); ``δ_t = r_t + γ V_old(s_{t+1}) − V_old(s_t)``
-    with ``V_old(s_{T+1}) = 0``; ``A_t = δ_t + γλ A_{t+1}``; ``G_t = A_t + V_old(s_t)``;
-    then ``Â = (A − mean(A)) / sqrt(var(A) + 1e-8)`` over the valid tokens.
+    """Per-token rewards, whitened GAE advantages and λ-returns of one rollout, in order:
+    the KL-penalised rewards ``r_t`` (:func:`verirl.advantages.per_token_rewards_for_ppo`),
+    GAE from the stored ``V_old`` giving ``A_t`` and ``G_t`` (:func:`verirl.advantages.gae`),
+    and ``A_t`` whitened over the batch's valid tokens (:func:`verirl.advantages.masked_whiten`,
+    eps 1e-8). Each formula is in its function's docstring.
 
     Args:
         scores: ``[N]`` outcome rewards or ``[N, T]`` placed step rewards.
@@ -87,11 +86,11 @@ def ppo_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO objective: ``L = L_policy + c1 · L_V − c2 · H``.
 
-    - ``L_policy``: the clipped surrogate ``−min(ρ_t A_t, clip(ρ_t, 1−ε_low, 1+ε_high) A_t)``
-      (:func:`verirl.losses.clipped_policy_loss`);
-    - ``L_V = max((V_φ − G_t)², (V_old + clip(V_φ − V_old, −ε_v, ε_v) − G_t)²)``, or the plain
-      ``(V_φ − G_t)²`` when ``vf_clip is None`` (:func:`verirl.losses.clipped_value_loss`);
-    - ``H = H[π_θ](s_t)``, the per-token entropy (pass it with gradient when ``c2 > 0``);
+    - ``L_policy``: the clipped surrogate per token (:func:`verirl.losses.clipped_policy_loss`);
+    - ``L_V``: the clipped value loss with ``ε_v = vf_clip``, or the plain MSE when
+      ``vf_clip is None`` (:func:`verirl.losses.clipped_value_loss`);
+    - ``H``: the per-token entropy ``H[π_θ](s_t)`` (:func:`verirl.losses.entropy_from_logits`;
+      pass it with gradient when ``c2 > 0``);
 
     each term aggregated over tokens with ``loss_agg`` (:func:`verirl.losses.aggregate_loss`),
     ``c1 = vf_coef``, ``c2 = ent_coef``. All inputs are ``[N, T]``; ``old_logp``,
