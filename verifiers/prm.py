@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import bisect
 import inspect
-from typing import Sequence
-
-import torch
-import transformers
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from typing import TYPE_CHECKING, Sequence
 
 from verirl import ConfigError, Failure, Sample, Step, hookimpl, verifier
 from verirl.steps import check_split_mode, split_steps
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and transformers are imported when a verifier is built, not when the plugin
+# loads: listing or using the other verifiers should not pay their import time.
 
 STYLE_CHOICES = ("step_token", "token_classification")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -48,6 +50,8 @@ _DEFAULT_TAGS = {"step_token": " ки", "token_classification": ""}
 
 
 def _device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -60,12 +64,16 @@ def _device(device: str) -> torch.device:
 
 
 def _dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype == "auto":  # bfloat16 on a GPU that has it, float32 elsewhere
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, dtype)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    import transformers
+
     # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
@@ -127,6 +135,8 @@ class ProcessRewardModel:
         self.step_tag = _DEFAULT_TAGS[style] if step_tag == "auto" else step_tag
         if style == "step_token" and not self.step_tag:
             raise ConfigError("verifier 'prm' with style='step_token' needs a non-empty 'step_tag' (e.g. ' ки')")
+
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
         self.device = _device(device)
         auto_cls = AutoModelForCausalLM if style == "step_token" else AutoModelForTokenClassification
@@ -213,8 +223,15 @@ class ProcessRewardModel:
             positions = [p - cut for p in positions]
         return ids, spans, positions
 
-    @torch.inference_mode()
     def _step_probs(self, batch: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        import torch
+
+        with torch.inference_mode():
+            return self._step_probs_of(batch)
+
+    def _step_probs_of(self, batch: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        import torch
+
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)

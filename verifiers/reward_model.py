@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Sequence
-
-import torch
-import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
 
 from verirl import ConfigError, Sample, hookimpl, verifier
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and transformers are imported when a verifier is built, not when the plugin
+# loads: listing or using the other verifiers should not pay their import time.
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def resolve_device(device: str, verifier_name: str) -> torch.device:
     """``"auto"`` -> cuda if available, else cpu; anything else must name a torch device."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -74,6 +79,8 @@ def resolve_device(device: str, verifier_name: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``"auto"`` -> bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -82,6 +89,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
     # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
@@ -122,6 +131,8 @@ class RewardModel:
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if value < 1:
                 raise ConfigError(f"verifier 'reward_model' param {name!r} must be >= 1, got {value}")
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         self.device = resolve_device(device, "reward_model")
         self.dtype = resolve_dtype(dtype, self.device)
         try:
@@ -154,6 +165,7 @@ class RewardModel:
         # not occur in it (the pad-to-eos convention would skip a template's final eos).
         self.text_config = self.model.config.get_text_config()
         self.fixed_pad = self.text_config.pad_token_id
+        self._pad_lock = threading.Lock()  # the pad id is set on the shared config per batch
         tok.truncation_side = truncation_side
 
         has_template = bool(getattr(tok, "chat_template", None))
@@ -197,9 +209,10 @@ class RewardModel:
             ids = ids[-self.max_length:] if self.truncation_side == "left" else ids[: self.max_length]
         return ids
 
-    @torch.inference_mode()
     def raw_scores(self, samples: Sequence[Sample]) -> list[float]:
         """``x`` of the module doc (before normalisation), one per sample."""
+        import torch
+
         encoded = [self.encode(s) for s in samples]
         # Longest first, so each batch pads little; results go back in input order.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -213,13 +226,14 @@ class RewardModel:
             for row, i in enumerate(idx):
                 ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
                 mask[row, : len(encoded[i])] = 1
-            self.text_config.pad_token_id = pad
-            try:
-                logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits.float()  # [batch, num_labels]
-            finally:
-                self.text_config.pad_token_id = self.fixed_pad
+            with self._pad_lock, torch.inference_mode():
+                self.text_config.pad_token_id = pad
+                try:
+                    logits = self.model(
+                        input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+                    ).logits.float()  # [batch, num_labels]
+                finally:
+                    self.text_config.pad_token_id = self.fixed_pad
             if self.output == "prob":
                 probs = torch.sigmoid(logits) if self.num_labels == 1 else torch.softmax(logits, dim=-1)
                 values = probs[:, self.label]
@@ -239,6 +253,8 @@ class RewardModel:
         raise RuntimeError("reward_model: every vocabulary id occurs in the batch; no id is free for padding")
 
     def __call__(self, samples: Sequence[Sample]) -> list[float]:
+        import torch
+
         if not samples:
             return []
         x = torch.tensor(self.raw_scores(samples), dtype=torch.float64)
