@@ -416,3 +416,22 @@ def test_split_spans_cover_the_text_in_order(text: str, mode: str) -> None:
     # every non-blank character belongs to exactly one step
     covered = "".join(text[a:b] for a, b in spans)
     assert "".join(covered.split()) == "".join(text.split())
+
+
+_NOISE = st.text(
+    alphabet=st.sampled_from(
+        list("0123456789+-*/^()=x.,%$ \n") + ["<<", ">>", "1,000", " 1/2", " of ", " and ", "≈", "\\times", "–", "**", "a"]
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NOISE)
+def test_any_text_gives_well_formed_claims(text: str) -> None:
+    for c in find_claims(text):
+        assert 0 <= c.start < c.end <= len(text)
+        assert c.verdict in ("right", "wrong", "unchecked")
+    for start, end, verdict in step_verdicts(text, split="sentences"):
+        assert text[start:end].strip() == text[start:end] != ""
+        assert verdict in ("correct", "wrong", "neutral")
