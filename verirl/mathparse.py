@@ -36,7 +36,7 @@ MAX_CHARS = 2000  # longest answer string parsed (longer answers are an error)
 MAX_DEPTH = 100  # deepest nesting (each bracket level counts about 3: group, item, operand)
 MAX_LITERAL_DIGITS = 1000  # digits in one number literal
 MAX_POW_DIGITS = 5000  # a numeric power with more digits than this stays unevaluated
-MAX_SYMBOLIC_EXPONENT = 1000  # x^n with |n| above this stays unevaluated (expansion risk)
+MAX_SYMBOLIC_EXPONENT = 200  # x^n with |n| above this stays unevaluated (expansion risk)
 MAX_FACTORIAL = 1000
 MAX_ALTERNATIVES = 16  # values one \pm-expression may expand to
 
@@ -424,16 +424,24 @@ class Parser:
         self.depth -= 1
 
     def split_token(self, n: int) -> Tok:
-        """Take the first ``n`` characters of the current num/id token (``\\frac12``)."""
+        """Take the first ``n`` characters of the current id token, or of the current num
+        token when it is all digits (``\\frac12``); other tokens are taken whole."""
         tok = self.toks[self.i]
-        if len(tok.val) <= n:
+        if len(tok.val) <= n or (tok.kind == "num" and not tok.val.isdigit()):
             return self.advance()
         self.toks[self.i] = Tok(tok.kind, tok.val[n:], tok.pos + n, False)
         return Tok(tok.kind, tok.val[:n], tok.pos, tok.space)
 
     # ---- building --------------------------------------------------------------------
-    def combine(self, what: str, fn: Callable[..., Any], *vals: V, huge: bool = False) -> V:
-        """Apply ``fn`` to every combination of the operands' alternatives."""
+    def combine(self, what: str, fn: Callable[..., Any], *vals: V, huge: bool = False,
+                exprs_only: bool = True) -> V:
+        """Apply ``fn`` to every combination of the operands' alternatives. Arithmetic
+        (``exprs_only``) takes numbers and expressions, not sets, tuples or matrices."""
+        if exprs_only:
+            for v in vals:
+                for x in v.alts:
+                    if not isinstance(x, sympy.Expr) or isinstance(x, sympy.MatrixBase):
+                        raise ParseError(f"cannot use {type(x).__name__} {str(x)[:40]} in {what}")
         combos: list[tuple] = [()]
         for v in vals:
             combos = [c + (a,) for c in combos for a in v.alts]
@@ -564,7 +572,8 @@ class Parser:
             return rhs
         cls = {"=": sympy.Eq, "<": sympy.Lt, ">": sympy.Gt, "<=": sympy.Le, ">=": sympy.Ge,
                "!=": sympy.Ne}[op]
-        return self.combine("a relation", lambda x, y, h: cls(x, y, evaluate=False), lhs, rhs)
+        return self.combine("a relation", lambda x, y, h: cls(x, y, evaluate=False), lhs, rhs,
+                            exprs_only=op in ("<", ">", "<=", ">="))
 
     def chain_interval(self, first: V, parts: list[tuple[str, V]]) -> V:
         """``a < x <= b`` -> Interval(a, b, left_open, right_open) (``>`` chains reversed)."""
@@ -582,7 +591,7 @@ class Parser:
             if not isinstance(end, sympy.Expr):
                 raise ParseError("interval endpoints must be numbers or expressions")
         if _is_number(lo) and _is_number(hi) and not self.huge:
-            cmp = sympy.Lt(hi, lo)
+            cmp = _guarded("an interval", lambda: sympy.Lt(hi, lo))
             if cmp is sympy.true:
                 raise ParseError(f"interval endpoints are reversed: {lo} > {hi}")
         return _guarded("an interval", lambda: sympy.Interval(lo, hi, lo_open, hi_open))
@@ -771,7 +780,8 @@ class Parser:
             raise ParseError(f"\\{op} needs sets or intervals on both sides, got {x}")
         fn = {"cup": sympy.Union, "cap": sympy.Intersection, "setminus": sympy.Complement}[op]
         return self.combine(f"a set {op}",
-                            lambda x, y, h: fn(to_set(x), to_set(y), evaluate=not h), a, b)
+                            lambda x, y, h: fn(to_set(x), to_set(y), evaluate=not h), a, b,
+                            exprs_only=False)
 
     # ---- operands ------------------------------------------------------------------------
     def nud(self) -> V:
@@ -831,10 +841,12 @@ class Parser:
     def literal(self, digits: str) -> V:
         if re.fullmatch(r"\d+", digits):
             return V([sympy.Integer(int(digits))], literal=digits)
-        mantissa, _, exponent = digits.lower().partition("e")
-        if exponent and abs(int(exponent)) > MAX_POW_DIGITS:
+        m = re.fullmatch(r"(\d*\.?\d+|\d+\.)(?:[eE]([+-]?\d+))?", digits)
+        if m is None:
+            raise ParseError(f"malformed number {digits!r}")
+        if m.group(2) and abs(int(m.group(2))) > MAX_POW_DIGITS:
             raise ParseError(f"exponent of {digits!r} is too large")
-        sig = len(mantissa.replace(".", "").lstrip("0")) or 1
+        sig = len(m.group(1).replace(".", "").lstrip("0")) or 1
         return V([sympy.Float(digits, max(15, sig + 2))])
 
     def mixed_fraction(self, whole: Tok) -> V | None:
@@ -1080,6 +1092,8 @@ class Parser:
                 raise ParseError(f"\\begin{{{env}}} is never closed")
             v = self.relation()
             huge = huge or v.huge
+            if not isinstance(v.one, sympy.Expr):
+                raise ParseError(f"a matrix entry must be a number or expression, got {v.one}")
             row.append(v.one)
             if self.at("op", "&"):
                 self.advance()
