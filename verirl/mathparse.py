@@ -102,15 +102,16 @@ class Tok:
 
 _NUM_RE = re.compile(
     r"(?:\d+(?:(?:,\\!\s*|\{,\}|,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
-    r"(?:[eE][+-]?\d+(?![A-Za-z]))?"
+    r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 # inside brackets a bare comma separates elements: "(12,102)" is a pair, while
 # "(10,\!080)" still holds one number
 _NUM_IN_BRACKETS_RE = re.compile(
     r"(?:\d+(?:(?:,\\!\s*|\{,\})\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
-    r"(?:[eE][+-]?\d+(?![A-Za-z]))?"
+    r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 _LETTERS_RE = re.compile(r"[A-Za-z]+")
+_DIGITS = frozenset("0123456789")  # str.isdigit() also accepts '¹' and other scripts' digits
 _SPACE_CMDS = frozenset({",", "!", ";", ":", " ", ">", "quad", "qquad", "enspace", "thinspace",
                          "negthinspace", "medspace", "hfill"})
 _SKIP_CMDS = frozenset({
@@ -171,7 +172,7 @@ def tokenize(text: str) -> list[Tok]:
             space = True
             i += 1
             continue
-        if c.isdigit() or (c == "." and i + 1 < n and text[i + 1].isdigit()):
+        if c in _DIGITS or (c == "." and i + 1 < n and text[i + 1] in _DIGITS):
             m = (_NUM_IN_BRACKETS_RE if brackets > 0 else _NUM_RE).match(text, i)
             assert m is not None  # a digit or ".digit" always matches
             raw = m.group(0)
