@@ -84,7 +84,10 @@ def _collect() -> dict[str, VerifierSpec]:
     registry: dict[str, VerifierSpec] = {}
     for impl in pm.hook.verirl_register_verifiers.get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        # called one plugin at a time to know who registered what; traced by hand for that reason
         items = impl.function()
+        if os.environ.get("VERIRL_TRACE_PLUGINS"):
+            print(f"verirl_register_verifiers [plugin {plugin_name}] -> {items!r}", file=sys.stderr)
         if not isinstance(items, (list, tuple)):
             raise RuntimeError(
                 f"plugin {plugin_name!r}: verirl_register_verifiers must return a list, "
