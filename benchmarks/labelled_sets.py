@@ -189,11 +189,19 @@ def math_rewrites(gold: str) -> list[tuple[str, bool, str]]:
             if first != "0":
                 out.append((g.replace(first, flipped, 1), False, "entry_sign_flip"))
         return out
+    if "\\cup" in g:
+        pieces = [p.strip() for p in g.split("\\cup")]
+        out.append((" \\cup ".join(reversed(pieces)), True, "union_reordered"))
+        first = pieces[0]
+        if first.endswith(")") and "infty" not in first.split(",")[-1]:
+            flipped = [first[:-1] + "]", *pieces[1:]]
+            out.append((" \\cup ".join(flipped), False, "union_end_flipped"))
+        return out
     if "\\cup" not in g:
         m = _INTERVAL.match(g)
-        parts = _split_top(g[1:-1]) if g[:1] in "([" and g[-1:] in ")]" and not m or True else None
-        if m and g[0] in "([" and g[-1] in ")]" and parts and len(parts) == 2 and \
-                (g[0] != "(" or g[-1] != ")"):
+        parts = _split_top(g[1:-1]) if m else None
+        # a mixed or closed pair is an interval; "(a, b)" is left to the tuple rules
+        if m and parts and len(parts) == 2 and (g[0] != "(" or g[-1] != ")"):
             lo, hi = parts
             inner = f"{lo}, {hi}"
             out.append((f"\\left{g[0]} {inner} \\right{g[-1]}", True, "left_right"))

@@ -48,6 +48,9 @@ EQUIVALENT = [
     ("\\text{east}", "East"), ("\\text{Evelyn}", "\\text{evelyn}"),
     ("106^\\circ", "106"), ("15\\mbox{ cm}^2", "15"), ("204_5", "204_5"),
     ("9^{9^{9^{9}}}", "9^{9^{9^{9}}}"),
+    ("\\frac{1}{3}", "0.\\overline{3}"), ("\\frac{1}{6}", "0.1\\overline{6}"), ("1000", "1\\,000"),
+    ("\\text{(B)}", "\\textbf{(B) } 42"), ("5.50", "\\$5.50 per hour"), ("4", "x = 4 \\text{ or } x=4"),
+    ("\\frac{\\sqrt{2}}{2}", "\\sqrt{\\frac{1}{2}}"), ("(a+5)(b+2)", "ab+2a+5b+10"), ("12\\%", "0.12"),
 ]
 
 # (gold, prediction): not equivalent
@@ -63,6 +66,7 @@ NOT_EQUIVALENT = [
     ("\\begin{pmatrix} 1 & 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
     ("\\text{(B)}", "(C)"), ("\\text{(B)}", "D"), ("\\text{east}", "west"),
     ("9^{9^{9^{9}}}", "3"), ("3", "\\frac{1}{0}"), ("-2 + 7i", "-2 - 7i"),
+    ("\\frac{1}{3}", "0.\\overline{4}"), ("4", "x = 4 \\text{ or } x = 5"), ("(a+5)(b+2)", "ab+2a+5b"),
 ]
 
 

@@ -83,6 +83,10 @@ def value(text: str):
     ("204_5", 54),
     ("4210_{5}", 555),
     (".35625", sympy.Float("0.35625")),
+    ("0.\\overline{3}", Rational(1, 3)),
+    ("0.1\\overline{6}", Rational(1, 6)),
+    ("2.\\overline{27}", Rational(25, 11)),
+    ("1\\,000", 1000),
     ("\\frac{270}7\\text{ degrees}", Rational(270, 7)),
 ])
 def test_scalar_forms(text, expected):

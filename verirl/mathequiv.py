@@ -116,6 +116,7 @@ def _collections_equal(p: Any, g: Any, ep: list | None, eg: list | None, tol: fl
         if seq is not None:  # a set against a tuple: same elements in any order
             return _match_unordered(seq, coll, tol, huge) if other_is_p else \
                 _match_unordered(coll, seq, tol, huge)
+        coll = _dedupe(coll, tol, huge)  # "x = 2 or x = 2" is the one answer 2
         if len(coll) != 1:
             return False
         return _equal(other, coll[0], tol, huge) if other_is_p else _equal(coll[0], other, tol, huge)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
@@ -101,13 +101,13 @@ class Tok:
 
 
 _NUM_RE = re.compile(
-    r"(?:\d+(?:(?:,\\!\s*|\{,\}|,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
+    r"(?:\d+(?:(?:,\\!\s*|\{,\}|,|\\,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
     r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 # inside brackets a bare comma separates elements: "(12,102)" is a pair, while
 # "(10,\!080)" still holds one number
 _NUM_IN_BRACKETS_RE = re.compile(
-    r"(?:\d+(?:(?:,\\!\s*|\{,\})\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
+    r"(?:\d+(?:(?:,\\!\s*|\{,\}|\\,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
     r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 _LETTERS_RE = re.compile(r"[A-Za-z]+")
@@ -319,7 +319,7 @@ gallon gallons quart quarts cup cups pint pints
 second seconds sec s minute minutes min hour hours hr hrs h day days week weeks month months
 year years yr decade decades century centuries
 degree degrees deg radian radians rad sq square cubic units unit percent
-mph kph km/h kmh
+mph kph km/h kmh per of the each
 """.split())
 _SEPARATOR_WORDS = frozenset({"and", "or"})
 _CONST_WORDS = {"pi": sympy.pi, "inf": sympy.oo, "infty": sympy.oo, "infinity": sympy.oo,
@@ -832,12 +832,31 @@ class Parser:
 
     def number(self) -> V:
         tok = self.advance()
+        if self.at("cmd", "overline") or (self.at("op", ".") and self.at("cmd", "overline", k=1)):
+            return self.repeating_decimal(tok)
         v = self.literal(tok.val)
         if v.literal is not None:
             mixed = self.mixed_fraction(tok)
             if mixed is not None:
                 return mixed
         return v
+
+    def repeating_decimal(self, tok: Tok) -> V:
+        """``0.\\overline{3}`` = 1/3, ``0.1\\overline{6}`` = 1/6 (exact)."""
+        if self.at("op", "."):
+            self.advance()
+        self.advance()  # \overline
+        self.expect("op", "{")
+        rep = self.advance()
+        self.expect("op", "}")
+        whole, _, fixed = tok.val.partition(".")
+        if not (whole.isdigit() and (fixed.isdigit() or not fixed) and rep.kind == "num"
+                and rep.val.isdigit()):
+            raise ParseError(f"cannot read the repeating decimal at position {tok.pos}")
+        # x = whole.fixed(rep)(rep)...: (whole.fixed rep - whole.fixed) / (10^len(rep) - 1), scaled
+        a = int(whole + fixed + rep.val) - int(whole + fixed or "0")
+        b = (10 ** len(rep.val) - 1) * 10 ** len(fixed)
+        return V([sympy.Rational(a, b)])
 
     def literal(self, digits: str) -> V:
         if re.fullmatch(r"\d+", digits):
@@ -1114,7 +1133,8 @@ class Parser:
 # whole answers
 _MATH_CHARS_RE = re.compile(r"[\d=+\-*/^()\[\]\\<>|]")
 _CHOICE_RE = re.compile(r"^\(?\s*([A-J])\s*\)?$")
-_CHOICE_PREFIX_RE = re.compile(r"^\(([A-Ja-j])\)(?:\s|$)")
+_CHOICE_PREFIX_RE = re.compile(
+    r"^(?:\\(?:text|textbf|mathrm|mathbf)\s*\{\s*)?\(([A-Ja-j])\)\s*\}?(?:\s|$)")
 _WRAPPER_RE = re.compile(r"^\\(?:text|textbf|textit|textrm|mathrm|mbox|mathbf|boxed|fbox)\s*\{(.*)\}$",
                          re.S)
 _WORDS_RE = re.compile(r"^[A-Za-z][A-Za-z\s\-']*$")
