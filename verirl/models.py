@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -66,9 +67,29 @@ def sequence_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
 def completion_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                       temperature: float = 1.0) -> torch.Tensor:
-    """Logits ``[N, T, V]`` (divided by ``temperature``) predicting each completion token."""
+    """Logits ``[N, T, V]`` (divided by ``temperature``) predicting each completion token.
+
+    Models whose ``forward`` takes ``logits_to_keep`` (transformers' causal LMs) run the
+    LM head on the last ``T + 1`` positions only: the prompt positions' logits are never
+    used, and with a large vocabulary they are most of the head's compute and memory.
+    """
     inputs = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    out = model(**inputs, use_cache=False)
     # position P-1+t predicts completion token t
-    return out.logits[:, P - 1 : P + T - 1].float() / temperature
+    if _takes_logits_to_keep(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :T]
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, P - 1 : P + T - 1]
+    logits = logits.float()
+    # dividing by 1.0 would only copy an [N, T, V] tensor
+    return logits if temperature == 1.0 else logits / temperature
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    kind = type(model)
+    if kind not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _LOGITS_TO_KEEP[kind]
