@@ -29,7 +29,7 @@ from torch import Tensor
 from verirl import advantages as adv_fns
 from verirl import losses
 from verirl.critic import Critic, SharedValueHead, build_critic
-from verirl.models import sequence_inputs
+from verirl.models import _takes_logits_to_keep, completion_logits, sequence_inputs
 from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
 
 # --------------------------------------------------------------------------- pure math
@@ -197,19 +197,28 @@ def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature:
     and the values ``V(s_t)`` ``[n, T]`` of the states they are predicted from.
 
     Both are read at input position ``P − 1 + t`` for completion token t (the last token
-    of ``s_t = prompt + o_<t``). A shared head reads the policy's last hidden state from
-    the same forward; a separate critic runs its own backbone on the same inputs.
+    of ``s_t = prompt + o_<t``). A separate critic runs its own backbone on the same
+    inputs as :func:`verirl.models.completion_logits`; a shared head reads the policy's
+    last hidden state from the policy's own forward, so one pass gives both.
     """
+    if not isinstance(critic, SharedValueHead):
+        logits = completion_logits(policy, part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                   part.completion_mask, temperature)
+        return logits, critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                                part.completion_mask)
     inputs = sequence_inputs(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask)
     P, T = part.prompt_ids.shape[1], part.completion_ids.shape[1]
-    shared = isinstance(critic, SharedValueHead)
-    out = policy(**inputs, use_cache=False, output_hidden_states=shared)
-    logits = out.logits[:, P - 1 : P + T - 1].float() / temperature
-    if shared:
-        # hidden_states[-1] is the trunk's final (normed) state, the LM head's input
-        values = critic(out.hidden_states[-1][:, P - 1 : P + T - 1])
+    if _takes_logits_to_keep(policy):  # the LM head on the completion positions only
+        out = policy(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=T + 1)
+        logits = out.logits[:, :T]
     else:
-        values = critic(**inputs)[:, P - 1 : P + T - 1]
+        out = policy(**inputs, use_cache=False, output_hidden_states=True)
+        logits = out.logits[:, P - 1 : P + T - 1]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    # hidden_states[-1] is the trunk's final (normed) state, the LM head's input
+    values = critic(out.hidden_states[-1][:, P - 1 : P + T - 1])
     return logits, values
 
 
