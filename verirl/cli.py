@@ -119,20 +119,14 @@ def cmd_verifiers(args: argparse.Namespace) -> int:
 
 
 def _read_verify_input(path: Path) -> list[dict[str, Any]]:
+    from verirl.data import read_jsonl
+
     if not path.exists():
         raise UsageError(f"input file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or "answer" not in row:
-                raise UsageError(f"{path}:{lineno}: each line must be an object with a string 'completion' and an 'answer'")
-            rows.append(row)
+    rows = read_jsonl(path)
+    for index, row in enumerate(rows):
+        if not isinstance(row.get("completion"), str) or "answer" not in row:
+            raise UsageError(f"{path} row {index}: each line must hold a string 'completion' and an 'answer'")
     return rows
 
 

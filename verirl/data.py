@@ -16,8 +16,9 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from verirl.answers import last_boxed
 from verirl.verifier import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -78,31 +79,6 @@ def read_rows(source: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{source!r} needs the `datasets` package: pip install datasets") from None
         return [dict(r) for r in datasets.load_dataset(name, config, split=split)]
     return read_jsonl(resolve_path(source))
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces), or None."""
-    starts = [i for key in ("\\boxed", "\\fbox") for i in _find_all(text, key)]
-    for start in sorted(starts, reverse=True):
-        i = text.find("{", start)
-        if i < 0 or text[start:i].strip() not in ("\\boxed", "\\fbox"):
-            continue
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1 : j]
-    return None
-
-
-def _find_all(text: str, key: str) -> Iterator[int]:
-    i = text.find(key)
-    while i >= 0:
-        yield i
-        i = text.find(key, i + 1)
 
 
 def gold_answer(row: dict[str, Any], answer_text: str, fmt: str) -> str | None:
