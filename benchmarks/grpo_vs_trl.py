@@ -3,11 +3,19 @@
     python benchmarks/grpo_vs_trl.py --steps 25 --prompts-per-step 8 --group-size 8 \\
         --max-new-tokens 48 --threads 2
 
-Each trainer runs in its own child process (so peak memory does not mix), back to back,
-from the same config (``--config``, default ``configs/tiny.yaml``, with the options below
+Each trainer runs in its own child process (so peak memory does not mix) from the same
+config (``--config``, default ``configs/tiny.yaml``, with the options below
 applied on top). The parent then prints a markdown table, verirl / TRL ratios and the
 issue's targets (verirl ≤ 0.5× TRL's seconds per step, ≤ TRL's peak RSS, accuracy no
 worse), and writes everything to ``--out`` as JSON.
+
+Schedule (``--schedule``): by default the two children run in *lockstep*: both are
+alive, and the parent lets them take turns one training step at a time (who goes first
+alternates), so a burst of load from other processes on a shared machine lands on both
+trainers alike. ``sequential`` runs one trainer after the other instead. On a shared
+CPU, prefer ``--threads 1``: with more torch threads than free cores, OpenMP threads
+wait on each other and both trainers slow down several-fold, which buries the
+comparison in noise.
 
 What is measured
 ----------------
@@ -216,11 +224,18 @@ def greedy_accuracy(model: Any, tokenizer: Any, config: Any, limit: int) -> dict
 # ---------------------------------------------------------------------- the verirl child
 
 
-def run_verirl(config: Any, eval_limit: int) -> dict[str, Any]:
+def run_verirl(config: Any, eval_limit: int, gate: Gate) -> dict[str, Any]:
     """Train with :class:`verirl.trainer.Trainer`; returns timings, memory and accuracy."""
     from verirl.trainer import Trainer
 
-    trainer = Trainer(config)
+    class GatedTrainer(Trainer):
+        def train_step(self) -> dict[str, Any]:
+            gate.wait()  # before perf/step_s starts counting
+            metrics = super().train_step()
+            gate.done()
+            return metrics
+
+    trainer = GatedTrainer(config)
     rss_before = current_rss_mib()
     t0 = time.perf_counter()
     try:
@@ -344,7 +359,7 @@ def _checkpointing_field(config_cls: type) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def run_trl(config: Any, eval_limit: int) -> dict[str, Any]:
+def run_trl(config: Any, eval_limit: int, gate: Gate) -> dict[str, Any]:
     """Train with TRL's ``GRPOTrainer`` on the same model, prompts and settings."""
     import torch
     from datasets import Dataset
@@ -426,10 +441,12 @@ def run_trl(config: Any, eval_limit: int) -> dict[str, Any]:
             self._t0 = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            gate.wait()
             self._t0 = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.step_s.append(time.perf_counter() - self._t0)
+            gate.done()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if logs:
@@ -491,21 +508,87 @@ def run_trl(config: Any, eval_limit: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the parent
 
 
-def run_child(trainer: str, config_path: Path, result_path: Path, eval_limit: int, threads: int) -> dict[str, Any]:
-    """Run one trainer in a fresh interpreter; returns its result JSON."""
+class Gate:
+    """A child's side of the lockstep schedule: before each step, wait for the parent's
+    go; after it, report done. The wait happens before the step's clock starts. Before the
+    first step the child reports ready, so no step runs while the other child is still
+    loading."""
+
+    def __init__(self, spec: str | None):
+        self.fds = tuple(int(x) for x in spec.split(",")) if spec else None
+        self._ready_sent = False
+
+    def wait(self) -> None:
+        if self.fds is None:
+            return
+        if not self._ready_sent:
+            os.write(self.fds[1], b"r")
+            self._ready_sent = True
+        if os.read(self.fds[0], 1) != b"g":
+            raise RuntimeError("the benchmark parent closed the lockstep pipe; stopping")
+
+    def done(self) -> None:
+        if self.fds is not None:
+            os.write(self.fds[1], b"d")
+
+
+def run_children(order: Sequence[str], work: Path, eval_limit: int, threads: int, steps: int,
+                 lockstep: bool) -> dict[str, dict[str, Any]]:
+    """Run each trainer in a fresh interpreter and return their result JSONs.
+
+    ``lockstep``: both children run at once but take turns, one training step at a time
+    (who goes first alternates), so a load spike from other processes on a shared machine
+    hits both trainers alike instead of whichever happened to run during it. Otherwise
+    they run one after the other.
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", trainer, "--child-config", str(config_path),
-           "--child-out", str(result_path), "--eval-problems", str(eval_limit)]
-    print(f"[{trainer}] training …", file=sys.stderr, flush=True)
+
+    def command(trainer: str, gate: str | None) -> list[str]:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", trainer,
+               "--child-config", str(work / f"{trainer}.yaml"), "--child-out", str(work / f"{trainer}.json"),
+               "--eval-problems", str(eval_limit)]
+        return cmd + (["--child-gate", gate] if gate else [])
+
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {trainer} child failed with exit status {proc.returncode} (its stderr is above)")
-    result = json.loads(result_path.read_text())
-    result["child_wall_s"] = time.perf_counter() - t0
-    print(f"[{trainer}] done in {result['child_wall_s']:.0f} s", file=sys.stderr, flush=True)
-    return result
+    if not lockstep:
+        for trainer in order:
+            print(f"[{trainer}] training …", file=sys.stderr, flush=True)
+            code = subprocess.run(command(trainer, None), env=env).returncode
+            if code != 0:
+                raise RuntimeError(f"the {trainer} child failed with exit status {code} (its stderr is above)")
+    else:
+        procs, pipes = {}, {}
+        for trainer in order:
+            go_r, go_w = os.pipe()
+            done_r, done_w = os.pipe()
+            procs[trainer] = subprocess.Popen(command(trainer, f"{go_r},{done_w}"), env=env, pass_fds=(go_r, done_w))
+            os.close(go_r)
+            os.close(done_w)  # so a dead child reads as EOF here
+            pipes[trainer] = (go_w, done_r)
+        print(f"[lockstep] {' and '.join(order)} take turns, {steps} steps …", file=sys.stderr, flush=True)
+        try:
+            for trainer in order:
+                if os.read(pipes[trainer][1], 1) != b"r":
+                    raise RuntimeError(f"the {trainer} child stopped before its first step "
+                                       f"(exit status {procs[trainer].wait()}; its stderr is above)")
+            for step in range(steps):
+                for trainer in (order if step % 2 == 0 else order[::-1]):
+                    go_w, done_r = pipes[trainer]
+                    os.write(go_w, b"g")
+                    if os.read(done_r, 1) != b"d":
+                        raise RuntimeError(f"the {trainer} child stopped before step {step + 1} ended "
+                                           f"(exit status {procs[trainer].wait()}; its stderr is above)")
+        finally:
+            for go_w, done_r in pipes.values():
+                os.close(go_w)
+                os.close(done_r)
+        for trainer, proc in procs.items():
+            if proc.wait() != 0:
+                raise RuntimeError(f"the {trainer} child failed with exit status {proc.returncode} (its stderr is above)")
+    results = {trainer: json.loads((work / f"{trainer}.json").read_text()) for trainer in order}
+    print(f"[children] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return results
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -522,7 +605,7 @@ def summarize(result: dict[str, Any]) -> dict[str, float]:
         "generate_s_median": median_excluding_first(result["generate_s"]),
         "reward_s_median": median_excluding_first(result["reward_s"]),
         "update_s_median": median_excluding_first(result["update_s"]),
-        "train_wall_s": result["train_wall_s"],
+        "step_s_sum": sum(result["step_s"]),
         "peak_rss_mib": result["peak_rss_mib"],
         "rss_before_train_mib": result["rss_before_train_mib"] or float("nan"),
         "accuracy": acc["accuracy"],
@@ -539,7 +622,7 @@ ROWS = [
     ("  generation s/step", "generate_s_median", "{:.3f}"),
     ("  rewards s/step", "reward_s_median", "{:.3f}"),
     ("  update (rest) s/step", "update_s_median", "{:.3f}"),
-    ("train wall time, s", "train_wall_s", "{:.1f}"),
+    ("all steps, s (sum, step 1 included)", "step_s_sum", "{:.1f}"),
     ("peak RSS, MiB", "peak_rss_mib", "{:.0f}"),
     ("RSS before step 1, MiB", "rss_before_train_mib", "{:.0f}"),
     ("greedy accuracy after training", "accuracy", "{:.3f}"),
@@ -595,8 +678,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-data", help="override data.eval")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config override (repeatable), e.g. --set algo.eps_high=0.28")
+    p.add_argument("--schedule", choices=["lockstep", "sequential"], default="lockstep",
+                   help="lockstep: both trainers alive, alternating one step each (fair under outside "
+                        "load); sequential: one trainer after the other")
     p.add_argument("--order", choices=["verirl-first", "trl-first"], default="verirl-first",
-                   help="which trainer runs first")
+                   help="which trainer goes first (each step alternates in lockstep)")
     p.add_argument("--work-dir", type=Path, help="where the runs go (default: a temporary folder, removed)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "grpo_vs_trl.json", help="result JSON")
     p.add_argument("--skip-baseline", action="store_true", help="do not evaluate the starting model")
@@ -604,6 +690,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     p.add_argument("--child-config", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-gate", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "eval_problems", "threads"):
         if getattr(args, name) < 1:
@@ -618,7 +705,9 @@ def child_main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(args.child_config)
-    result = run_verirl(config, args.eval_problems) if args.child == "verirl" else run_trl(config, args.eval_problems)
+    gate = Gate(args.child_gate)
+    run = run_verirl if args.child == "verirl" else run_trl
+    result = run(config, args.eval_problems, gate)
     args.child_out.write_text(json.dumps(result, indent=1))
     return 0
 
@@ -652,8 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         order = TRAINERS if args.order == "verirl-first" else TRAINERS[::-1]
-        results = {t: run_child(t, work / f"{t}.yaml", work / f"{t}.json", args.eval_problems, args.threads)
-                   for t in order}
+        results = run_children(order, work, args.eval_problems, args.threads, args.steps,
+                               lockstep=args.schedule == "lockstep")
         baseline = None
         if not args.skip_baseline:
             baseline = _baseline_accuracy(configs["verirl"], args.eval_problems, args.threads)
