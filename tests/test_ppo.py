@@ -375,7 +375,9 @@ CRITIC_KEYS = ["critic/value_loss", "critic/vf_clip_frac", "critic/explained_var
 
 
 def test_ppo_learns_a_simple_reward(char_model, problems_file, tmp_path, plugin):
-    records = run(ppo_config(char_model, problems_file, tmp_path / "run", "train.steps=20"))
+    # β_r = 0 and one update per rollout: log π_old is the update's own log π_θ, so ρ = 1
+    records = run(ppo_config(char_model, problems_file, tmp_path / "run", "train.steps=20", "algo.beta_r=0"))
+    assert all(r["policy/ratio_max"] == pytest.approx(1.0) for r in records)
     rewards = [r["reward/mean"] for r in records]
     # a random 98-token model starts near 10/98; PPO must push the digit-first rate up
     assert sum(rewards[:4]) / 4 < 0.3

@@ -38,7 +38,7 @@ from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
 @torch.no_grad()
 def ppo_advantages(
     scores: Tensor,
-    old_logp: Tensor,
+    old_logp: Tensor | None,
     ref_logp: Tensor | None,
     old_values: Tensor,
     mask: Tensor,
@@ -54,8 +54,8 @@ def ppo_advantages(
 
     Args:
         scores: ``[N]`` outcome rewards or ``[N, T]`` placed step rewards.
-        old_logp, ref_logp, old_values, mask: ``[N, T]``; ``ref_logp`` may be None when
-            ``beta_r == 0``.
+        old_logp, ref_logp, old_values, mask: ``[N, T]``; ``old_logp`` and ``ref_logp`` may
+            be None when ``beta_r == 0`` (the rewards then carry no KL term).
 
     Returns:
         ``(token_rewards, advantages, returns)``, each ``[N, T]``, detached, 0 on padding;
@@ -277,9 +277,11 @@ class PPO:
     # ---------------------------------------------------------------- rollout side
 
     @torch.no_grad()
-    def rollout_pass(self, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+    def rollout_pass(self, batch: RolloutBatch, with_logp: bool = True) -> tuple[Tensor | None, Tensor]:
         """``log π_old(a_t|s_t)`` and ``V_old(s_t)``, both ``[N, T]`` float32, 0 on padding:
-        the policy and critic as they are before this step's update, without gradient."""
+        the policy and critic as they are before this step's update, without gradient.
+        ``with_logp=False`` skips a separate critic's policy forward and returns ``None``
+        for the log-probs (a shared head gets them from its one forward anyway)."""
         a = self.config.algo
         N = batch.completion_ids.shape[0]
         micro = a.micro_batch_size or a.minibatch_size or N
@@ -291,14 +293,17 @@ class PPO:
         for rows in _chunks(range(N), micro):
             # a micro-batch of short sequences pays only for its own columns; pad back to [n, T]
             part = trim_padding(select_rows(batch, rows))
-            logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature)
             m = part.completion_mask
             pad = (0, width - m.shape[1])
-            logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
+            if with_logp or isinstance(self.critic, SharedValueHead):
+                logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature)
+                logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
+            else:
+                v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m)
             values.append(torch.nn.functional.pad(v.float() * m, pad))
         self.policy.train(was[0])
         self.critic.train(was[1])
-        return torch.cat(logps), torch.cat(values)
+        return (torch.cat(logps) if logps else None), torch.cat(values)
 
     # ---------------------------------------------------------------- one step
 
@@ -319,8 +324,12 @@ class PPO:
         if beta_r > 0 and ref_logp is None:
             raise ValueError("PPO with beta_r > 0 needs log π_ref: the trainer must load the reference model")
 
-        # 1-3. frozen rollout quantities: log π_old, V_old, r_t, A_t (whitened), G_t
-        old_logp, old_values = self.rollout_pass(batch)
+        # 1-3. frozen rollout quantities: log π_old, V_old, r_t, A_t (whitened), G_t.
+        # With one update per rollout and no KL term π_θ = π_old in the update, so (as in
+        # GRPO) log π_old is the update's own log π_θ detached and needs no forward here.
+        N = mask.shape[0]
+        single_update = a.ppo_epochs == 1 and (a.minibatch_size or N) == N
+        old_logp, old_values = self.rollout_pass(batch, with_logp=ref_logp is not None or not single_update)
         token_rewards, advantages, returns = ppo_advantages(
             scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam
         )
@@ -355,10 +364,11 @@ class PPO:
             self.kl_ctl.update(kl_seq, mask.shape[0])
         return stats
 
-    def update(self, batch: RolloutBatch, old_logp: Tensor, old_values: Tensor, advantages: Tensor,
+    def update(self, batch: RolloutBatch, old_logp: Tensor | None, old_values: Tensor, advantages: Tensor,
                returns: Tensor) -> dict[str, float]:
         """K = ``algo.ppo_epochs`` passes of shuffled minibatches of :func:`ppo_loss`, AdamW
-        on the policy and the critic; stats averaged over micro-batches (ratio_max: max)."""
+        on the policy and the critic; stats averaged over micro-batches (ratio_max: max).
+        ``old_logp=None`` (one update per rollout only) uses ``log π_θ`` detached: ρ = 1."""
         c = self.config
         a, o = c.algo, c.optim
         N = batch.completion_ids.shape[0]
@@ -378,7 +388,7 @@ class PPO:
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 for rows in _chunks(mb, micro):
                     part = trim_padding(select_rows(batch, rows))
-                    idx = torch.as_tensor(rows, device=old_logp.device)
+                    idx = torch.as_tensor(rows, device=old_values.device)
                     m = part.completion_mask
                     T = m.shape[1]  # trimmed: completion column t keeps its index t
                     logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature)
@@ -389,8 +399,9 @@ class PPO:
                     else:
                         with torch.no_grad():
                             entropy = losses.entropy_from_logits(logits.detach())
+                    old = logp.detach() if old_logp is None else old_logp[idx, :T]
                     loss, stats = ppo_loss(
-                        logp, old_logp[idx, :T], advantages[idx, :T], values, old_values[idx, :T], returns[idx, :T],
+                        logp, old, advantages[idx, :T], values, old_values[idx, :T], returns[idx, :T],
                         entropy, m,
                         eps_low=a.eps_low, eps_high=a.eps_high, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
                         vf_clip=a.vf_clip, loss_agg=a.loss_agg, max_len=c.rollout.max_new_tokens,
