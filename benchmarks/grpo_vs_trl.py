@@ -653,10 +653,15 @@ def targets(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
     v, t = summary["verirl"], summary["trl"]
     step_ratio = v["step_s_median"] / t["step_s_median"]
     rss_ratio = v["peak_rss_mib"] / t["peak_rss_mib"]
+    diff = v["accuracy"] - t["accuracy"]
+    se = math.sqrt(v["accuracy_se"] ** 2 + t["accuracy_se"] ** 2)
     return {
         "step_time_le_half": {"ratio": step_ratio, "target": 0.5, "met": step_ratio <= 0.5},
         "peak_rss_le_trl": {"ratio": rss_ratio, "target": 1.0, "met": rss_ratio <= 1.0},
-        "accuracy_no_worse": {"difference": v["accuracy"] - t["accuracy"], "met": v["accuracy"] >= t["accuracy"]},
+        # `met` is the literal target; a gap within two standard errors of the difference
+        # is what a few dozen noisy steps on a few hundred problems can resolve
+        "accuracy_no_worse": {"difference": diff, "se_of_difference": se,
+                              "met": diff >= 0, "within_2se": diff >= -2 * se},
     }
 
 
