@@ -190,6 +190,24 @@ def check_comparable(config: Any) -> None:
         raise ConfigError("grpo_vs_trl compares like with like; unsupported here: " + "; ".join(problems))
 
 
+def check_inputs(config: Any) -> None:
+    """Fail in the parent, with a clear message, on what would otherwise crash a child:
+    TRL missing, a built-in model that is not there, unreadable data."""
+    import importlib.util
+
+    from verirl.data import load_problems, resolve_path
+    from verirl.verifier import ConfigError
+
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"the TRL side needs {', '.join(missing)}: pip install -e '.[bench]'")
+    resolve_path(config.model.name_or_path)
+    d = config.data
+    for source in (d.train, d.eval):
+        if source:
+            load_problems(source, d.format, d.question_field, d.answer_field)
+
+
 def eval_problems_and_prompts(config: Any, tokenizer: Any, limit: int) -> tuple[list, list[str]]:
     """The first ``limit`` held-out problems and their prompts."""
     from verirl.data import build_prompt, load_problems
@@ -580,11 +598,14 @@ def run_children(order: Sequence[str], work: Path, eval_limit: int, threads: int
                         raise RuntimeError(f"the {trainer} child stopped before step {step + 1} ended "
                                            f"(exit status {procs[trainer].wait()}; its stderr is above)")
         finally:
+            # closing the pipes also stops a child still waiting for its turn (it reads EOF)
             for go_w, done_r in pipes.values():
                 os.close(go_w)
                 os.close(done_r)
+            for proc in procs.values():
+                proc.wait()
         for trainer, proc in procs.items():
-            if proc.wait() != 0:
+            if proc.returncode != 0:
                 raise RuntimeError(f"the {trainer} child failed with exit status {proc.returncode} (its stderr is above)")
     results = {trainer: json.loads((work / f"{trainer}.json").read_text()) for trainer in order}
     print(f"[children] done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -740,14 +761,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_comparable(config)
             configs[trainer] = config
             save_config(config, work / f"{trainer}.yaml")
+        check_inputs(configs["verirl"])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if tmp is not None:
+            tmp.cleanup()
         return 2
     try:
         started = time.perf_counter()
         order = TRAINERS if args.order == "verirl-first" else TRAINERS[::-1]
-        results = run_children(order, work, args.eval_problems, args.threads, args.steps,
-                               lockstep=args.schedule == "lockstep")
+        try:
+            results = run_children(order, work, args.eval_problems, args.threads, args.steps,
+                                   lockstep=args.schedule == "lockstep")
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         baseline = None
         if not args.skip_baseline:
             baseline = _baseline_accuracy(configs["verirl"], args.eval_problems, args.threads)
