@@ -1,7 +1,7 @@
 """verirl's GRPO against TRL's ``GRPOTrainer``, side by side, in one invocation.
 
     python benchmarks/grpo_vs_trl.py --steps 25 --prompts-per-step 8 --group-size 8 \\
-        --max-new-tokens 48 --threads 2
+        --max-new-tokens 48 --eval-problems 200 --threads 1
 
 Each trainer runs in its own child process (so peak memory does not mix) from the same
 config (``--config``, default ``configs/tiny.yaml``, with the options below
