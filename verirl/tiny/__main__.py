@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, help="torch threads (part of what makes the build reproducible)")
     b.add_argument("--n-train", type=int)
     b.add_argument("--n-test", type=int)
+    b.add_argument("--premature-frac", type=float, help="share of two-step SFT solutions cut after step one")
     b.add_argument("--eval", action="store_true", help="measure accuracy after building")
 
     e = sub.add_parser("eval", help="greedy accuracy and pass@k of a model folder")

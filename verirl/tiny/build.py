@@ -75,6 +75,9 @@ class BuildConfig:
     """Held-out problems, no question shared with train (shipped as test.jsonl)."""
     two_step_frac: float = 0.5
     """Share of two-step problems."""
+    premature_frac: float = 0.6
+    """Share of the two-step SFT solutions cut after their first step (see
+    ``tasks.sft_corpus``): the habit GRPO has to unlearn. 0 gives a clean SFT corpus."""
     vocab_size: int = 640
     """BPE vocabulary size: 256 byte symbols + 3 specials + merges."""
     hidden_size: int = 128
@@ -257,7 +260,7 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     model = build_model(tokenizer, cfg)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tokenizer)}")
 
-    losses = sft(model, tokenizer, train, cfg, log)
+    losses = sft(model, tokenizer, tasks.sft_corpus(train, cfg.premature_frac, cfg.seed), cfg, log)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     summary = {

@@ -252,6 +252,36 @@ def make_splits(n_train: int, n_test: int, seed: int = 0, **kwargs) -> tuple[lis
     return problems[n_test:], problems[:n_test]
 
 
+def stop_after_first_step(problem: Problem) -> Problem:
+    """The flawed solution of a hasty solver: a two-step solution cut after its first
+    step, reporting the intermediate result as the final answer. One-step problems are
+    returned unchanged."""
+    lines = problem["answer"].split("\n")
+    if len(lines) < 3:
+        return problem
+    first = _ANNOTATION.search(lines[0])
+    if first is None:
+        raise ValueError(f"first step has no <<a op b=c>> annotation: {lines[0]!r}")
+    return {"question": problem["question"], "answer": f"{lines[0]}\n#### {first[5]}"}
+
+
+def sft_corpus(train: Iterable[Problem], premature_frac: float, seed: int = 0) -> list[Problem]:
+    """The supervised-fine-tuning corpus: ``train`` with a share ``premature_frac`` of its
+    two-step solutions replaced by :func:`stop_after_first_step` (drawn with ``seed``).
+
+    This is the habit RL has to unlearn: with ``premature_frac > 0.5`` the SFT model's
+    greedy answer to a two-step problem is usually the intermediate result, while its
+    samples finish the computation often enough for a group-relative reward to tell the
+    two apart. The shipped ``train.jsonl`` keeps every solution correct: it holds the
+    gold answers that RL is rewarded against.
+    """
+    if not 0.0 <= premature_frac <= 1.0:
+        raise ValueError(f"premature_frac must be in [0, 1], got {premature_frac}")
+    rng = random.Random(seed * 7919 + 1)
+    return [stop_after_first_step(p) if p["answer"].count("\n") >= 2 and rng.random() < premature_frac else p
+            for p in train]
+
+
 _ANNOTATION = re.compile(r"<<(\d+)([-+*])(\d+)=(-?\d+)>>(-?\d+)")
 _FINAL = re.compile(r"^#### (-?\d+)$")
 
