@@ -161,3 +161,19 @@ def test_bad_verifier_fails_before_the_model_loads(problems_file, tmp_path):
                                 "data.eval=null", "rewards=[{verifier: nope}]", f"train.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="unknown verifier 'nope'"):
         Trainer(config)
+
+
+def test_skipping_zero_advantage_completions_keeps_the_update(char_model, problems_file, tmp_path):
+    """All-equal groups carry no gradient: leaving them out must give the same weights."""
+    params = {}
+    for skip in (True, False):
+        trainer = Trainer(make_config(char_model, problems_file, tmp_path / str(skip), "train.steps=1",
+                                      f"algo.skip_zero_advantage={str(skip).lower()}", "algo.micro_batch_size=8"))
+        try:
+            record = trainer.train_step()
+            params[skip] = [p.detach().clone() for p in trainer.model.parameters()]
+        finally:
+            trainer.close()
+        assert 0 < record["rollout/zero_std_frac"] < 1  # some groups skipped, some kept
+    for a, b in zip(params[True], params[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

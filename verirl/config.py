@@ -69,6 +69,7 @@ class AlgoConfig:
     ppo_epochs: int = 1  # μ: passes over each rollout batch
     minibatch_size: int = 0  # completions per optimizer step (0: the whole batch)
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation; 0: = minibatch)
+    skip_zero_advantage: bool = True  # with one minibatch and β = 0, leave all-zero-advantage completions out of the backward (same gradient, less work)
     ref_reset_every: int = 0  # iterative GRPO: π_ref ← π_θ every M steps (0: never)
     # PPO with a critic
     gamma: float = 1.0  # discount γ

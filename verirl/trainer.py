@@ -381,11 +381,19 @@ class Trainer:
         count = 0
         ratio_max = 0.0
         grad_norms = []
+        # With one minibatch and no KL term, a completion whose advantages are all zero
+        # (an all-equal group) adds exactly nothing to the loss or its gradient: leave it
+        # out of the forward/backward, and keep each micro-batch's weight relative to the
+        # full minibatch so the gradient is unchanged. policy/* stats then cover the
+        # completions that were updated.
+        carries_signal = (advantages != 0).any(-1).tolist()
+        skip_zero = a.skip_zero_advantage and minibatch == N and ref_logp is None
         for _ in range(a.ppo_epochs):
             order = torch.randperm(N).tolist() if minibatch < N else list(range(N))
             for mb in _chunks(order, minibatch):
                 self.optimizer.zero_grad(set_to_none=True)
-                for rows in _chunks(mb, micro):
+                kept = ([i for i in mb if carries_signal[i]] or mb[:1]) if skip_zero else mb
+                for rows in _chunks(kept, micro):
                     part = trim_padding(select_rows(batch, rows))
                     idx = torch.as_tensor(rows, device=self.device)
                     m = part.completion_mask
@@ -399,7 +407,7 @@ class Trainer:
                         a.eps_low, a.eps_high, a.beta if ref_logp is not None else 0.0,
                         a.kl_estimator, a.loss_agg, c.rollout.max_new_tokens,
                     )
-                    (loss * len(rows) / len(mb)).backward()
+                    (loss * len(rows) / len(mb)).backward()  # micro-batch weight within the full minibatch
                     with torch.no_grad():
                         entropy = losses.entropy_from_logits(logits.detach())
                         stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
