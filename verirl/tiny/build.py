@@ -85,7 +85,7 @@ class BuildConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 256
-    steps: int = 600
+    steps: int = 2000
     """SFT optimizer steps: the main knob. Stopping early keeps arithmetic partial."""
     batch_size: int = 32
     lr: float = 3e-3
@@ -237,6 +237,14 @@ def sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, train: Sequ
     return losses
 
 
+def _portable_tokenizer_class(config_path: Path) -> None:
+    # transformers 5 writes its own class name, TokenizersBackend, which 4.x cannot
+    # resolve; PreTrainedTokenizerFast names the same tokenizer in both.
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def build(out_dir: Path | str, cfg: BuildConfig | None = None,
           log: Callable[[str], None] = print) -> dict:
     """Write the whole asset folder to ``out_dir``: train.jsonl, test.jsonl, the tokenizer
@@ -263,6 +271,7 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     losses = sft(model, tokenizer, tasks.sft_corpus(train, cfg.premature_frac, cfg.seed), cfg, log)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _portable_tokenizer_class(out / "tokenizer_config.json")
     summary = {
         "config": asdict(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
