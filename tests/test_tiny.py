@@ -97,7 +97,10 @@ def test_shipped_data_is_correct_disjoint_and_reproducible():
     assert not {r["question"] for r in train} & {r["question"] for r in test}
     cfg = json.loads((ASSETS / "build.json").read_text())["config"]
     again_train, again_test = tasks.make_splits(cfg["n_train"], cfg["n_test"], cfg["seed"],
-                                                two_step_frac=cfg["two_step_frac"])
+                                                two_step_frac=cfg["two_step_frac"],
+                                                difficulty=tasks.Difficulty(add=tuple(cfg["add_range"]),
+                                                                            small=tuple(cfg["small_range"]),
+                                                                            factor=tuple(cfg["factor_range"])))
     assert (again_train, again_test) == (train, test)
 
 

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--n-train", type=int)
     b.add_argument("--n-test", type=int)
     b.add_argument("--premature-frac", type=float, help="share of two-step SFT solutions cut after step one")
+    for name, what in (("add", "operands of + and -"), ("small", "the small factor of a product"),
+                       ("factor", "the other factor of a product")):
+        b.add_argument(f"--{name}-range", type=int, nargs=2, metavar=("LO", "HI"), help=f"{what}, inclusive")
     b.add_argument("--eval", action="store_true", help="measure accuracy after building")
 
     e = sub.add_parser("eval", help="greedy accuracy and pass@k of a model folder")
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         overrides = {f.name: getattr(args, f.name) for f in fields(BuildConfig)
                      if getattr(args, f.name, None) is not None}
+        overrides.update({k: tuple(v) for k, v in overrides.items() if isinstance(v, list)})
         try:
             cfg = BuildConfig(**overrides)
             build(args.out, cfg)

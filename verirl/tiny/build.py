@@ -1,10 +1,12 @@
 """Build the tiny default model from nothing: synthetic data, tokenizer, Llama, short SFT.
 
 Everything is offline and seeded: the same seed, torch build and thread count give the
-same files. The model is deliberately under-trained: it learns the GSM8K answer format
-(worked steps with ``<<a+b=c>>`` annotations, ``#### N``, end of text) long before it
-learns to carry digits, so its greedy accuracy is partial and sampling finds right
-answers it does not yet prefer, which is the room GRPO needs.
+same files. The model learns the GSM8K answer format (worked steps with ``<<a+b=c>>``
+annotations, ``#### N``, end of text) and one-step arithmetic, but also the SFT corpus's
+bad habit of stopping two-step solutions after their first step
+(``tasks.sft_corpus``): its greedy answer is then often the intermediate result while
+its samples finish the computation often enough for a verifier reward to tell the two
+apart, which is the room GRPO needs.
 
 Prompt format (what the chat template renders)::
 
@@ -76,6 +78,12 @@ class BuildConfig:
     two_step_frac: float = 0.5
     """Share of two-step problems."""
     premature_frac: float = 0.6
+    add_range: tuple[int, int] = tasks.DEFAULT_DIFFICULTY.add
+    """Operands of + and - (inclusive); see ``tasks.Difficulty``."""
+    small_range: tuple[int, int] = tasks.DEFAULT_DIFFICULTY.small
+    """The small factor of a product."""
+    factor_range: tuple[int, int] = tasks.DEFAULT_DIFFICULTY.factor
+    """The other factor of a product."""
     """Share of the two-step SFT solutions cut after their first step (see
     ``tasks.sft_corpus``): the habit GRPO has to unlearn. 0 gives a clean SFT corpus."""
     vocab_size: int = 640
@@ -85,8 +93,8 @@ class BuildConfig:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 256
-    steps: int = 2000
-    """SFT optimizer steps: the main knob. Stopping early keeps arithmetic partial."""
+    steps: int = 1000
+    """SFT optimizer steps. Stopping early keeps the second steps' arithmetic partial."""
     batch_size: int = 32
     lr: float = 3e-3
     """Peak AdamW learning rate (tiny models tolerate and need a high one)."""
@@ -259,7 +267,10 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
 
-    train, test = tasks.make_splits(cfg.n_train, cfg.n_test, cfg.seed, two_step_frac=cfg.two_step_frac)
+    difficulty = tasks.Difficulty(add=tuple(cfg.add_range), small=tuple(cfg.small_range),
+                                  factor=tuple(cfg.factor_range))
+    train, test = tasks.make_splits(cfg.n_train, cfg.n_test, cfg.seed, two_step_frac=cfg.two_step_frac,
+                                    difficulty=difficulty)
     tasks.write_jsonl(out / "train.jsonl", train)
     tasks.write_jsonl(out / "test.jsonl", test)
 

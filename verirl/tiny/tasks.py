@@ -6,9 +6,11 @@ solution whose every calculation carries a GSM8K calculator annotation
 ``train.jsonl``. Problems take one or two steps of ``+``, ``-`` or ``*`` on small
 non-negative integers; every intermediate and final result is a non-negative integer.
 
-The number ranges are the difficulty knob: operands of addition and subtraction are
-two-digit, products have one single-digit factor, so a tiny model learns the format
-quickly and the carries slowly (which is what leaves room for RL).
+The number ranges are the difficulty knob (:class:`Difficulty`). The defaults keep
+one-step arithmetic within reach of a 1M-parameter model after a short SFT (operands up
+to 20, products of 2-5 by 2-10), so that what RL has to fix is a habit the SFT corpus
+teaches (:func:`sft_corpus`) plus the larger numbers of second steps; wider ranges make
+the carries themselves the hard part.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ class Difficulty:
     """Number ranges, inclusive: ``add`` for operands of + and -, ``small`` for the
     single-digit factor of a product, ``factor`` for its other factor."""
 
-    add: tuple[int, int] = (10, 99)
-    small: tuple[int, int] = (2, 9)
-    factor: tuple[int, int] = (3, 25)
+    add: tuple[int, int] = (1, 20)
+    small: tuple[int, int] = (2, 5)
+    factor: tuple[int, int] = (2, 10)
 
     def __post_init__(self) -> None:
         # The templates need these minimums: a subtraction draws from [1, a*b - 1] and
