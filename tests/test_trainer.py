@@ -177,3 +177,19 @@ def test_skipping_zero_advantage_completions_keeps_the_update(char_model, proble
         assert 0 < record["rollout/zero_std_frac"] < 1  # some groups skipped, some kept
     for a, b in zip(params[True], params[False]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_prompt_forward_keeps_the_update(char_model, problems_file, tmp_path):
+    """One forward per distinct prompt in the update gives the same step as one per row."""
+    params = {}
+    for share in (True, False):
+        trainer = Trainer(make_config(char_model, problems_file, tmp_path / str(share), "train.steps=1",
+                                      f"model.share_prompt_forward={str(share).lower()}", "algo.ppo_epochs=2",
+                                      "algo.minibatch_size=16"))
+        try:
+            trainer.train_step()
+            params[share] = [p.detach().clone() for p in trainer.model.parameters()]
+        finally:
+            trainer.close()
+    for a, b in zip(params[True], params[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

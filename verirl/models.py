@@ -66,13 +66,25 @@ def sequence_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
 
 def completion_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
     """Logits ``[N, T, V]`` (divided by ``temperature``) predicting each completion token.
 
     Models whose ``forward`` takes ``logits_to_keep`` (transformers' causal LMs) run the
     LM head on the last ``T + 1`` positions only: the prompt positions' logits are never
     used, and with a large vocabulary they are most of the head's compute and memory.
+
+    ``share_prompts``: rows with the same prompt (a GRPO group's G completions) share one
+    forward pass of that prompt, see :func:`shared_prompt_logits`. Same logits up to
+    float rounding, same gradients; it applies only to transformers causal LMs without
+    gradient checkpointing, and only when some prompt repeats.
     """
+    if share_prompts and _takes_logits_to_keep(model) and not _checkpointing(model):
+        unique, index = torch.unique(prompt_ids, dim=0, return_inverse=True)
+        if unique.shape[0] < prompt_ids.shape[0]:
+            first_row = torch.full((unique.shape[0],), -1, dtype=torch.long, device=index.device)
+            first_row.scatter_reduce_(0, index, torch.arange(len(index), device=index.device), "amin", include_self=False)
+            return shared_prompt_logits(model, prompt_ids[first_row], prompt_mask[first_row], index,
+                                        completion_ids, completion_mask, temperature)
     inputs = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
     # position P-1+t predicts completion token t
@@ -83,6 +95,52 @@ def completion_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     logits = logits.float()
     # dividing by 1.0 would only copy an [N, T, V] tensor
     return logits if temperature == 1.0 else logits / temperature
+
+
+def shared_prompt_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                         prompt_index: torch.Tensor, completion_ids: torch.Tensor,
+                         completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """:func:`completion_logits` for ``N`` completions of ``U <= N`` distinct prompts:
+    row ``i`` continues prompt ``prompt_index[i]`` (``prompt_ids`` is ``[U, P]``).
+
+    Two forward passes instead of one over ``N × (P + T)`` tokens: the ``U`` prompts,
+    keeping their KV cache and the last position's logits (which predict completion
+    token 0); then the ``N`` completions' first ``T − 1`` tokens attending to their
+    prompt's cached keys and values, gathered row by row. The gather and the
+    concatenation inside attention are differentiable, so the loss's gradient reaches
+    each prompt's activations once, summed over the completions that share it: the
+    same gradient as the unshared pass, for ``U·P + N·T`` tokens' compute and memory
+    instead of ``N·(P + T)``. Position ids skip the left padding, as in
+    :func:`sequence_inputs`.
+    """
+    T = completion_ids.shape[1]
+    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
+                use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1][prompt_index].unsqueeze(1)  # [N, 1, V]: predicts completion token 0
+    if T == 1:
+        logits = first
+    else:
+        # transformers 5.x calls the cache `cache`, 4.x `past_key_values`
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.reorder_cache(prompt_index)  # [U, ...] → [N, ...], an index_select per layer
+        mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, : T - 1]], dim=1)
+        start = prompt_mask.sum(-1)[prompt_index].unsqueeze(1)
+        positions = start + torch.arange(T - 1, device=start.device).unsqueeze(0)
+        rest = model(input_ids=completion_ids[:, : T - 1], attention_mask=mask, position_ids=positions,
+                     use_cache=True, **{_cache_kwarg(model): cache}).logits
+        logits = torch.cat([first, rest], dim=1)
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _checkpointing(model: Any) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x
+    return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
+
+
+def _cache_kwarg(model: Any) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 _LOGITS_TO_KEEP: dict[type, bool] = {}

@@ -362,7 +362,8 @@ class Trainer:
         for rows in _chunks(range(batch.completion_ids.shape[0]), micro):
             part = trim_padding(select_rows(batch, rows))
             logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                       part.completion_mask, self.config.rollout.temperature)
+                                       part.completion_mask, self.config.rollout.temperature,
+                                       share_prompts=self.config.model.share_prompt_forward)
             logp = losses.token_logprobs(logits, part.completion_ids) * part.completion_mask
             out.append(torch.nn.functional.pad(logp, (0, batch.completion_ids.shape[1] - logp.shape[1])))
         model.train(was_training)
@@ -399,7 +400,8 @@ class Trainer:
                     m = part.completion_mask
                     T = m.shape[1]
                     logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask,
-                                               part.completion_ids, m, c.rollout.temperature)
+                                               part.completion_ids, m, c.rollout.temperature,
+                                               share_prompts=c.model.share_prompt_forward)
                     logp = losses.token_logprobs(logits, part.completion_ids)
                     old = logp.detach() if old_logp is None else old_logp[idx, :T]
                     loss, stats = losses.grpo_loss(
