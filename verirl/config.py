@@ -26,7 +26,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
     trust_remote_code: bool = False  # passed to from_pretrained
     gradient_checkpointing: bool = False  # trade compute for activation memory
-    share_prompt_forward: bool = True  # GRPO: one forward per distinct prompt, its KV cache shared by the group
+    share_prompt_forward: bool = True  # one forward per distinct prompt (rollout prefill, GRPO update); the group shares its KV cache
 
 
 @dataclass

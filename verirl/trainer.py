@@ -134,7 +134,8 @@ class Trainer:
             if checkpoint is not None and (checkpoint / "ref").exists():
                 ref_source = str(checkpoint / "ref")
             self.ref_model = frozen_copy(load_causal_lm(ref_source, c.model.dtype, self.device, c.model.trust_remote_code))
-        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size)
+        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size,
+                                  share_prompts=c.model.share_prompt_forward)
 
         o = c.optim
         self.optimizer = torch.optim.AdamW(

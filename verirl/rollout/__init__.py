@@ -18,7 +18,8 @@ def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> Rollou
     if name == "hf":
         from verirl.rollout.hf import HFEngine
 
-        return HFEngine(model, tokenizer, batch_size=options.get("batch_size", 0))
+        return HFEngine(model, tokenizer, batch_size=options.get("batch_size", 0),
+                        share_prompts=options.get("share_prompts", True))
     if name == "vllm":
         try:
             import vllm  # noqa: F401

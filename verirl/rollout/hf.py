@@ -12,12 +12,17 @@ from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches
 class HFEngine:
     """Batched, left-padded sampling with the KV cache, on the policy model itself
     (so no weight sync is needed). ``batch_size`` bounds completions per ``generate``
-    call (0: all at once)."""
+    call, in whole groups of ``n`` (0: all at once).
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 0):
+    ``share_prompts``: each distinct prompt is prefilled once and its KV cache copied to
+    its ``n`` samples before ``generate`` continues from it, instead of ``generate``
+    prefilling every copy (see :func:`prefill_shared`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 0, share_prompts: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.share_prompts = share_prompts
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -27,9 +32,8 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> RolloutBatch:
-        expanded = [p for p in prompts for _ in range(sampling.n)]
-        step = self.batch_size or len(expanded)
-        parts = [self._generate(expanded[i : i + step], sampling) for i in range(0, len(expanded), step)]
+        per_call = max(1, self.batch_size // sampling.n) if self.batch_size else len(prompts)
+        parts = [self._generate(list(prompts[i : i + per_call]), sampling) for i in range(0, len(prompts), per_call)]
         return parts[0] if len(parts) == 1 else concat_batches(parts, self.tokenizer.pad_token_id)
 
     def _generate(self, prompts: list[str], sampling: SamplingConfig) -> RolloutBatch:
@@ -37,11 +41,16 @@ class HFEngine:
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
-        input_ids = enc["input_ids"].to(device)
-        attention_mask = enc["attention_mask"].to(device)
+        index = torch.arange(len(prompts), device=device).repeat_interleave(sampling.n)
+        prompt_ids = enc["input_ids"].to(device)
+        prompt_mask = enc["attention_mask"].to(device)
+        input_ids, attention_mask = prompt_ids[index], prompt_mask[index]
         greedy = sampling.temperature == 0
         was_training = self.model.training
         self.model.eval()
+        extra = {}
+        if self.share_prompts and sampling.n > 1:
+            extra = prefill_shared(self.model, prompt_ids, prompt_mask, index)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -55,6 +64,7 @@ class HFEngine:
             use_cache=True,
             return_dict_in_generate=True,
             output_logits=not greedy,
+            **extra,
         )
         self.model.train(was_training)
         completion = out.sequences[:, input_ids.shape[1] :]
@@ -67,6 +77,30 @@ class HFEngine:
             logprobs = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
         texts = tok.batch_decode(completion, skip_special_tokens=True)
         return RolloutBatch(input_ids, attention_mask, completion, mask, logprobs, texts, finished)
+
+
+def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   index: torch.Tensor) -> dict[str, Any]:
+    """``generate`` keyword arguments that hand it a KV cache of every row's prompt but
+    its last token, computed once per distinct prompt: ``prompt_ids`` ``[U, P]``
+    (left-padded), row ``i`` of the batch being prompt ``index[i]``.
+
+    ``generate`` then runs only the last prompt column and the new tokens (a prompt
+    cache must leave it at least one token). Returns ``{}`` (no sharing) when the model
+    has no transformers cache or some prompt is a single token (its row would be all
+    padding in the prefill)."""
+    from verirl.models import _cache_kwarg, _takes_logits_to_keep
+
+    if prompt_ids.shape[1] < 2 or not _takes_logits_to_keep(model) or int(prompt_mask[:, :-1].sum(-1).min()) == 0:
+        return {}
+    head, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+    positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return {}
+    cache.reorder_cache(index)
+    return {_cache_kwarg(model): cache}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
