@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from verirl.models import completion_logits, shared_prompt_logits
+from verirl.models import completion_logits, shared_prompt_forward
 from verirl.tiny import tiny_model_path
 
 
@@ -60,15 +60,15 @@ def test_shared_prompt_logits_and_gradients_match_the_plain_forward(tiny, temper
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3 * float(a.abs().max()) + 1e-6)
 
 
-def test_shared_prompt_logits_depend_on_their_own_prompt(tiny):
+def test_shared_prompt_outputs_depend_on_their_own_prompt(tiny):
     """Each row must read its own prompt's cache: swapping the index changes the logits."""
     model, tok = tiny
     enc = tok([f"Question: {q}\nAnswer:" for q in QUESTIONS[:2]], return_tensors="pt", padding=True,
               add_special_tokens=False)
     completion = torch.full((2, 3), 9)
     mask = torch.ones(2, 3, dtype=torch.long)
-    straight = shared_prompt_logits(model, enc.input_ids, enc.attention_mask, torch.tensor([0, 1]), completion, mask)
-    swapped = shared_prompt_logits(model, enc.input_ids, enc.attention_mask, torch.tensor([1, 0]), completion, mask)
+    straight = shared_prompt_forward(model, enc.input_ids, enc.attention_mask, torch.tensor([0, 1]), completion, mask)
+    swapped = shared_prompt_forward(model, enc.input_ids, enc.attention_mask, torch.tensor([1, 0]), completion, mask)
     torch.testing.assert_close(straight[0], swapped[1])
     assert not torch.allclose(straight[0], straight[1], atol=1e-3)
 

@@ -237,6 +237,25 @@ def test_values_are_read_at_the_last_token_of_each_state(char_model, tokenizer, 
                 assert torch.allclose(logits[i, t], policy(input_ids=prefix).logits[0, -1], atol=1e-5)
 
 
+def test_shared_prompt_forward_gives_the_same_values_logits_and_gradients(char_model, tokenizer):
+    torch.manual_seed(0)
+    policy = load_causal_lm(str(char_model), "float32", torch.device("cpu"))
+    critic = build_critic("separate", policy, str(char_model))
+    torch.nn.init.normal_(critic.head.linear.weight)
+    batch = _batch(tokenizer, ["Q: 12+3\nA:", "Q: 7\nA:", "Q: 12+3\nA:", "Q: 7\nA:", "Q: 12+3\nA:"],
+                   ["15 ok", "7", "1", "70 no", "15"])
+    valid = batch.completion_mask.bool()
+    results = {}
+    for share in (False, True):
+        logits, values = policy_forward(policy, critic, batch, temperature=0.9, share_prompts=share)
+        grads = torch.autograd.grad(values[valid].sum() + logits[valid].sum(), list(critic.parameters()) + list(policy.parameters()))
+        results[share] = (logits[valid], values[valid], grads)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-4, atol=1e-4)
+    for a, b in zip(results[False][2], results[True][2]):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3 * float(a.abs().max()) + 1e-6)
+
+
 def test_separate_critic_starts_from_the_policy_and_a_zero_head(char_model, tokenizer):
     policy = load_causal_lm(str(char_model), "float32", torch.device("cpu"))
     critic = build_critic("separate", policy, str(char_model))
@@ -510,3 +529,20 @@ def test_target_kl_needs_a_positive_start(plugin):
         load_config(None, ["algo.name=ppo", rewards, "algo.target_kl=1", "algo.beta_r=0"])
     config = load_config(None, ["algo.name=ppo", "rollout.group_size=1", rewards])
     assert config.rollout.group_size == 1  # a single completion per prompt is fine for PPO
+
+
+def test_ppo_step_with_shared_prompt_forward_matches_the_plain_one(char_model, problems_file, tmp_path, plugin):
+    weights = {}
+    for share in (True, False):
+        trainer = Trainer(ppo_config(char_model, problems_file, tmp_path / str(share), "train.steps=1",
+                                     f"model.share_prompt_forward={str(share).lower()}", "algo.ppo_epochs=2",
+                                     "algo.minibatch_size=16"))
+        try:
+            trainer.train_step()
+            weights[share] = [p.detach().clone() for p in trainer.model.parameters()] + \
+                [p.detach().clone() for p in trainer.ppo.critic.parameters()]
+        finally:
+            trainer.close()
+    # two AdamW steps at lr 1e-2: float noise in a near-zero gradient moves a weight by up to ~1e-5
+    for a, b in zip(weights[True], weights[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

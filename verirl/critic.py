@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from verirl.data import resolve_path
-from verirl.models import DTYPES, quiet_transformers, sequence_inputs
+from verirl.models import DTYPES, prompt_groups, quiet_transformers, sequence_inputs, shared_prompt_forward
 from verirl.verifier import ConfigError
 
 HEAD_FILE = "value_head.safetensors"
@@ -167,8 +167,15 @@ class ValueModel(nn.Module):
         return self.head(out.last_hidden_state)
 
     def completion_values(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                          completion_mask: Tensor) -> Tensor:
-        """``V(s_t)`` ``[N, T]`` for every completion token t: position ``P − 1 + t``."""
+                          completion_mask: Tensor, share_prompts: bool = False) -> Tensor:
+        """``V(s_t)`` ``[N, T]`` for every completion token t: position ``P − 1 + t``.
+        ``share_prompts``: one backbone pass per distinct prompt, as
+        :func:`verirl.models.completion_logits` does for the policy."""
+        groups = prompt_groups(self.backbone, prompt_ids) if share_prompts else None
+        if groups is not None:
+            hidden = shared_prompt_forward(self.backbone, prompt_ids[groups[0]], prompt_mask[groups[0]], groups[1],
+                                           completion_ids, completion_mask, "last_hidden_state")
+            return self.head(hidden)
         inputs = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
         P, T = prompt_ids.shape[1], completion_ids.shape[1]
         return self(**inputs)[:, P - 1 : P + T - 1]

@@ -74,37 +74,52 @@ def completion_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     used, and with a large vocabulary they are most of the head's compute and memory.
 
     ``share_prompts``: rows with the same prompt (a GRPO group's G completions) share one
-    forward pass of that prompt, see :func:`shared_prompt_logits`. Same logits up to
-    float rounding, same gradients; it applies only to transformers causal LMs without
-    gradient checkpointing, and only when some prompt repeats.
+    forward pass of that prompt, see :func:`shared_prompt_forward`. Same logits up to
+    float rounding, same gradients.
     """
-    if share_prompts and _takes_logits_to_keep(model) and not _checkpointing(model):
-        unique, index = torch.unique(prompt_ids, dim=0, return_inverse=True)
-        if unique.shape[0] < prompt_ids.shape[0]:
-            first_row = torch.full((unique.shape[0],), -1, dtype=torch.long, device=index.device)
-            first_row.scatter_reduce_(0, index, torch.arange(len(index), device=index.device), "amin", include_self=False)
-            return shared_prompt_logits(model, prompt_ids[first_row], prompt_mask[first_row], index,
-                                        completion_ids, completion_mask, temperature)
-    inputs = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    # position P-1+t predicts completion token t
-    if _takes_logits_to_keep(model):
-        logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :T]
+    groups = prompt_groups(model, prompt_ids) if share_prompts and _takes_logits_to_keep(model) else None
+    if groups is not None:
+        logits = shared_prompt_forward(model, prompt_ids[groups[0]], prompt_mask[groups[0]], groups[1],
+                                       completion_ids, completion_mask, "logits")
     else:
-        logits = model(**inputs, use_cache=False).logits[:, P - 1 : P + T - 1]
+        inputs = sequence_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        # position P-1+t predicts completion token t
+        if _takes_logits_to_keep(model):
+            logits = model(**inputs, use_cache=False, logits_to_keep=T + 1).logits[:, :T]
+        else:
+            logits = model(**inputs, use_cache=False).logits[:, P - 1 : P + T - 1]
     logits = logits.float()
     # dividing by 1.0 would only copy an [N, T, V] tensor
     return logits if temperature == 1.0 else logits / temperature
 
 
-def shared_prompt_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                         prompt_index: torch.Tensor, completion_ids: torch.Tensor,
-                         completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """:func:`completion_logits` for ``N`` completions of ``U <= N`` distinct prompts:
-    row ``i`` continues prompt ``prompt_index[i]`` (``prompt_ids`` is ``[U, P]``).
+def prompt_groups(model: Any, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first_rows [U], index [N])`` when some of the ``N`` prompts repeat and ``model``
+    can run from a KV cache: row ``first_rows[k]`` holds distinct prompt ``k`` and row
+    ``i`` repeats prompt ``index[i]``. ``None`` when sharing would not help or cannot
+    work (no repeat; no transformers cache; gradient checkpointing, which turns the
+    cache off)."""
+    if _cache_kwarg(model) is None or _checkpointing(model):
+        return None
+    unique, index = torch.unique(prompt_ids, dim=0, return_inverse=True)
+    if unique.shape[0] == prompt_ids.shape[0]:
+        return None
+    first_rows = torch.full((unique.shape[0],), len(index), dtype=torch.long, device=index.device)
+    first_rows.scatter_reduce_(0, index, torch.arange(len(index), device=index.device), "amin")
+    return first_rows, index
+
+
+def shared_prompt_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          prompt_index: torch.Tensor, completion_ids: torch.Tensor,
+                          completion_mask: torch.Tensor, output: str = "logits") -> torch.Tensor:
+    """``model``'s ``output`` (``"logits"`` of a causal LM, ``"last_hidden_state"`` of a
+    backbone) ``[N, T, D]`` at the positions that predict each completion token, for
+    ``N`` completions of ``U <= N`` distinct prompts: row ``i`` continues prompt
+    ``prompt_index[i]`` (``prompt_ids`` is ``[U, P]``, left-padded).
 
     Two forward passes instead of one over ``N × (P + T)`` tokens: the ``U`` prompts,
-    keeping their KV cache and the last position's logits (which predict completion
+    keeping their KV cache and the last position's output (which predicts completion
     token 0); then the ``N`` completions' first ``T − 1`` tokens attending to their
     prompt's cached keys and values, gathered row by row. The gather and the
     concatenation inside attention are differentiable, so the loss's gradient reaches
@@ -114,24 +129,21 @@ def shared_prompt_logits(model: Any, prompt_ids: torch.Tensor, prompt_mask: torc
     :func:`sequence_inputs`.
     """
     T = completion_ids.shape[1]
+    cache_kwarg = _cache_kwarg(model)
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1][prompt_index].unsqueeze(1)  # [N, 1, V]: predicts completion token 0
+    head = {"logits_to_keep": 1} if output == "logits" and _takes_logits_to_keep(model) else {}
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, **head)
+    first = getattr(out, output)[:, -1][prompt_index].unsqueeze(1)  # [N, 1, D]: predicts completion token 0
     if T == 1:
-        logits = first
-    else:
-        # transformers 5.x calls the cache `cache`, 4.x `past_key_values`
-        cache = getattr(out, "cache", None) or out.past_key_values
-        cache.reorder_cache(prompt_index)  # [U, ...] → [N, ...], an index_select per layer
-        mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, : T - 1]], dim=1)
-        start = prompt_mask.sum(-1)[prompt_index].unsqueeze(1)
-        positions = start + torch.arange(T - 1, device=start.device).unsqueeze(0)
-        rest = model(input_ids=completion_ids[:, : T - 1], attention_mask=mask, position_ids=positions,
-                     use_cache=True, **{_cache_kwarg(model): cache}).logits
-        logits = torch.cat([first, rest], dim=1)
-    logits = logits.float()
-    return logits if temperature == 1.0 else logits / temperature
+        return first
+    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.x: `cache`; 4.x: `past_key_values`
+    cache.reorder_cache(prompt_index)  # [U, ...] → [N, ...], an index_select per layer
+    mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, : T - 1]], dim=1)
+    start = prompt_mask.sum(-1)[prompt_index].unsqueeze(1)
+    positions = start + torch.arange(T - 1, device=start.device).unsqueeze(0)
+    rest = model(input_ids=completion_ids[:, : T - 1], attention_mask=mask, position_ids=positions,
+                 use_cache=True, **{cache_kwarg: cache})
+    return torch.cat([first, getattr(rest, output)], dim=1)
 
 
 def _checkpointing(model: Any) -> bool:
@@ -139,8 +151,10 @@ def _checkpointing(model: Any) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
 
-def _cache_kwarg(model: Any) -> str:
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _cache_kwarg(model: Any) -> str | None:
+    """The name ``model.forward`` takes its KV cache by, or ``None``."""
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 _LOGITS_TO_KEEP: dict[type, bool] = {}

@@ -192,7 +192,8 @@ def make_kl_controller(beta_r: float, target_kl: float | None, horizon: int) -> 
 # --------------------------------------------------------------------------- model passes
 
 
-def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature: float) -> tuple[Tensor, Tensor]:
+def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature: float,
+                   share_prompts: bool = False) -> tuple[Tensor, Tensor]:
     """Logits ``[n, T, V]`` (divided by ``temperature``) predicting each completion token,
     and the values ``V(s_t)`` ``[n, T]`` of the states they are predicted from.
 
@@ -200,12 +201,13 @@ def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature:
     of ``s_t = prompt + o_<t``). A separate critic runs its own backbone on the same
     inputs as :func:`verirl.models.completion_logits`; a shared head reads the policy's
     last hidden state from the policy's own forward, so one pass gives both.
+    ``share_prompts`` (separate critic only): both run one pass per distinct prompt.
     """
     if not isinstance(critic, SharedValueHead):
         logits = completion_logits(policy, part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                   part.completion_mask, temperature)
+                                   part.completion_mask, temperature, share_prompts=share_prompts)
         return logits, critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                                part.completion_mask)
+                                                part.completion_mask, share_prompts=share_prompts)
     inputs = sequence_inputs(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask)
     P, T = part.prompt_ids.shape[1], part.completion_ids.shape[1]
     if _takes_logits_to_keep(policy):  # the LM head on the completion positions only
@@ -296,10 +298,12 @@ class PPO:
             m = part.completion_mask
             pad = (0, width - m.shape[1])
             if with_logp or isinstance(self.critic, SharedValueHead):
-                logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature)
+                logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature,
+                                           share_prompts=self.config.model.share_prompt_forward)
                 logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
             else:
-                v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m)
+                v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m,
+                                                  share_prompts=self.config.model.share_prompt_forward)
             values.append(torch.nn.functional.pad(v.float() * m, pad))
         self.policy.train(was[0])
         self.critic.train(was[1])
@@ -391,7 +395,8 @@ class PPO:
                     idx = torch.as_tensor(rows, device=old_values.device)
                     m = part.completion_mask
                     T = m.shape[1]  # trimmed: completion column t keeps its index t
-                    logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature)
+                    logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature,
+                                                    share_prompts=c.model.share_prompt_forward)
                     logp = losses.token_logprobs(logits, part.completion_ids)
                     # The entropy bonus needs the entropy's gradient only when c2 > 0.
                     if a.ent_coef > 0:

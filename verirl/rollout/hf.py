@@ -91,7 +91,9 @@ def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     padding in the prefill)."""
     from verirl.models import _cache_kwarg, _takes_logits_to_keep
 
-    if prompt_ids.shape[1] < 2 or not _takes_logits_to_keep(model) or int(prompt_mask[:, :-1].sum(-1).min()) == 0:
+    cache_kwarg = _cache_kwarg(model)
+    if (prompt_ids.shape[1] < 2 or cache_kwarg is None or not _takes_logits_to_keep(model)
+            or int(prompt_mask[:, :-1].sum(-1).min()) == 0):
         return {}
     head, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
@@ -100,7 +102,7 @@ def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     if cache is None or not hasattr(cache, "reorder_cache"):
         return {}
     cache.reorder_cache(index)
-    return {_cache_kwarg(model): cache}
+    return {cache_kwarg: cache}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
