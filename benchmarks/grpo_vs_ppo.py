@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.seeds) < 1 or args.jobs < 1 or args.threads < 1:
         parser.error("need at least one seed, --jobs ≥ 1 and --threads ≥ 1")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # before the runs, not after them
+        parser.error("the plot needs matplotlib: pip install -e '.[bench]'")
 
     from verirl.config import load_config
 
