@@ -49,7 +49,7 @@ def test_registries_and_unknown_names() -> None:
     assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
     assert get_kl_estimator("k3") is kl_k3
     assert set(LOSS_AGGREGATIONS) == {"seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"}
-    with pytest.raises(ValueError, match=r"unknown KL estimator 'k4'; valid names: k3, k1, k2"):
+    with pytest.raises(ValueError, match=r"unknown KL estimator 'k4'; valid names: k1, k2, k3"):
         get_kl_estimator("k4")
     with pytest.raises(ValueError, match=r"unknown loss aggregation 'mean'.*token-mean"):
         get_loss_aggregation("mean")

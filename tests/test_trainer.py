@@ -193,3 +193,13 @@ def test_shared_prompt_forward_keeps_the_update(char_model, problems_file, tmp_p
             trainer.close()
     for a, b in zip(params[True], params[False]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_update_stats_average_each_key_and_take_the_max_ratio():
+    from verirl.metrics import UpdateStats
+
+    acc = UpdateStats()
+    acc.add({"loss": torch.tensor(1.0), "clip_frac": 0.5, "ratio_max": 1.3})
+    acc.add({"loss": torch.tensor(3.0), "clip_frac": 0.0, "ratio_max": 1.1})
+    assert acc.means() == {"loss": 2.0, "clip_frac": 0.25, "ratio_max": pytest.approx(1.3)}
+    assert UpdateStats().means() == {"ratio_max": 0.0}

@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import bisect
 import inspect
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from verirl import ConfigError, Failure, Sample, Step, hookimpl, verifier
 from verirl.steps import check_split_mode, split_steps
-
-if TYPE_CHECKING:
-    import torch
 
 # torch and transformers are imported when a verifier is built, not when the plugin
 # loads: listing or using the other verifiers should not pay their import time.
@@ -47,36 +44,6 @@ if TYPE_CHECKING:
 STYLE_CHOICES = ("step_token", "token_classification")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DEFAULT_TAGS = {"step_token": " ки", "token_classification": ""}
-
-
-def _device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(
-            "verifier 'prm' param 'device' must be 'auto' or a torch device such as 'cpu', "
-            f"'cuda', 'cuda:1'; got {device!r} ({exc})"
-        ) from exc
-
-
-def _dtype(dtype: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if dtype == "auto":  # bfloat16 on a GPU that has it, float32 elsewhere
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, dtype)
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    import transformers
-
-    # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def compose(prompt: str, completion: str, spans: Sequence[tuple[int, int]], step_tag: str,
@@ -138,12 +105,14 @@ class ProcessRewardModel:
 
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-        self.device = _device(device)
+        from verirl.models import dtype_kwarg, pick_device, resolve_dtype
+
+        self.device = pick_device(device, "verifier 'prm' param 'device'")
         auto_cls = AutoModelForCausalLM if style == "step_token" else AutoModelForTokenClassification
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model = auto_cls.from_pretrained(
-                model, trust_remote_code=trust_remote_code, **_dtype_kwarg(_dtype(dtype, self.device))
+                model, trust_remote_code=trust_remote_code, **dtype_kwarg(resolve_dtype(dtype, self.device))
             )
         except (OSError, ValueError) as exc:
             raise ConfigError(

@@ -35,12 +35,9 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
 from verirl import ConfigError, Sample, hookimpl, verifier
-
-if TYPE_CHECKING:
-    import torch
 
 # torch and transformers are imported when a verifier is built, not when the plugin
 # loads: listing or using the other verifiers should not pay their import time.
@@ -60,40 +57,6 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(
             f"verifier 'reward_model' param {name!r} must be one of {', '.join(choices)}; got {value!r}"
         )
-
-
-def resolve_device(device: str, verifier_name: str) -> torch.device:
-    """``"auto"`` -> cuda if available, else cpu; anything else must name a torch device."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"verifier {verifier_name!r} param 'device' must be 'auto' or a torch device "
-            f"such as 'cpu', 'cuda', 'cuda:1'; got {device!r} ({exc})"
-        ) from exc
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> bfloat16 on a GPU that supports it, else float32."""
-    import torch
-
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, dtype)
-
-
-def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
-    import transformers
-
-    # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 @verifier("reward_model", kind="outcome")
@@ -133,7 +96,9 @@ class RewardModel:
                 raise ConfigError(f"verifier 'reward_model' param {name!r} must be >= 1, got {value}")
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.device = resolve_device(device, "reward_model")
+        from verirl.models import dtype_kwarg, pick_device, resolve_dtype
+
+        self.device = pick_device(device, "verifier 'reward_model' param 'device'")
         self.dtype = resolve_dtype(dtype, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -26,29 +26,20 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from verirl.registry import lookup, registrar
+
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., object]] = {}
 
 SCALES: tuple[str, ...] = ("group_std", "none", "batch_std")
 
 
-def register_advantage_estimator(name: str) -> Callable[[Callable], Callable]:
-    """Decorator: register the decorated function in :data:`ADVANTAGE_ESTIMATORS` as ``name``."""
-
-    def add(fn: Callable) -> Callable:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is registered twice")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return add
+register_advantage_estimator = registrar(ADVANTAGE_ESTIMATORS, "advantage estimator")
+"""Decorator: ``@register_advantage_estimator(name)`` adds a function to :data:`ADVANTAGE_ESTIMATORS`."""
 
 
 def get_advantage_estimator(name: str) -> Callable[..., object]:
     """The advantage estimator registered as ``name``; unknown names raise ``ValueError``."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        valid = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise ValueError(f"unknown advantage estimator {name!r}; valid names: {valid}")
-    return ADVANTAGE_ESTIMATORS[name]
+    return lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
 
 
 # --------------------------------------------------------------------------- checks

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from verirl.data import resolve_path
-from verirl.models import DTYPES, prompt_groups, quiet_transformers, sequence_inputs, shared_prompt_forward
+from verirl.models import DTYPES, dtype_kwarg, prompt_groups, quiet_transformers, sequence_inputs, shared_prompt_forward
 from verirl.verifier import ConfigError
 
 HEAD_FILE = "value_head.safetensors"
@@ -146,7 +146,7 @@ class ValueModel(nn.Module):
                 f"{name_or_path} holds a shared value head (no backbone); a separate critic needs a model folder"
             )
         with _quiet_load():
-            backbone = AutoModel.from_pretrained(source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+            backbone = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, **dtype_kwarg(DTYPES[dtype]))
         model = cls(backbone)
         if Path(source).is_dir() and (Path(source) / HEAD_FILE).exists():
             model.head.load(Path(source))

@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from verirl.registry import lookup, registrar
+
 KLEstimator = Callable[[Tensor, Tensor], Tensor]
 Aggregation = Callable[[Tensor, Tensor, "int | None"], Tensor]
 
@@ -28,37 +30,18 @@ KL_ESTIMATORS: dict[str, KLEstimator] = {}
 LOSS_AGGREGATIONS: dict[str, Aggregation] = {}
 
 
-def _registrar(registry: dict[str, Callable], kind: str) -> Callable[[str], Callable[[Callable], Callable]]:
-    def register(name: str) -> Callable[[Callable], Callable]:
-        def add(fn: Callable) -> Callable:
-            if name in registry:
-                raise ValueError(f"{kind} {name!r} is registered twice")
-            registry[name] = fn
-            return fn
-
-        return add
-
-    return register
-
-
-def _lookup(registry: dict[str, Callable], kind: str, name: str) -> Callable:
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(registry)}")
-    return registry[name]
-
-
-register_kl_estimator = _registrar(KL_ESTIMATORS, "KL estimator")
-register_loss_aggregation = _registrar(LOSS_AGGREGATIONS, "loss aggregation")
+register_kl_estimator = registrar(KL_ESTIMATORS, "KL estimator")
+register_loss_aggregation = registrar(LOSS_AGGREGATIONS, "loss aggregation")
 
 
 def get_kl_estimator(name: str) -> KLEstimator:
     """The KL estimator registered as ``name``; unknown names raise ``ValueError``."""
-    return _lookup(KL_ESTIMATORS, "KL estimator", name)
+    return lookup(KL_ESTIMATORS, "KL estimator", name)
 
 
 def get_loss_aggregation(name: str) -> Aggregation:
     """The loss aggregation registered as ``name``; unknown names raise ``ValueError``."""
-    return _lookup(LOSS_AGGREGATIONS, "loss aggregation", name)
+    return lookup(LOSS_AGGREGATIONS, "loss aggregation", name)
 
 
 # --------------------------------------------------------------------------- helpers

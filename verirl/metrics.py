@@ -20,6 +20,30 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+class UpdateStats:
+    """Loss statistics over the micro-batches of an update: :meth:`add` each
+    micro-batch's dict of scalars; :meth:`means` gives each key's mean over the
+    micro-batches, except ``ratio_max``, which is the max."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.ratio_max = 0.0
+
+    def add(self, stats: dict[str, Any]) -> None:
+        for key, value in stats.items():
+            if key == "ratio_max":
+                self.ratio_max = max(self.ratio_max, float(value))
+            else:
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        out["ratio_max"] = self.ratio_max
+        return out
+
+
 class MetricsWriter:
     """Appends one JSON line per step to ``output_dir/metrics.jsonl``.
 

@@ -8,14 +8,40 @@ from typing import Any
 import torch
 
 from verirl.data import resolve_path
+from verirl.verifier import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, what: str = "train.device") -> torch.device:
+    """``"auto"`` → cuda if available, else cpu; anything else must name a torch device
+    (ConfigError naming ``what`` otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{what} must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'; got {name!r} ({exc})"
+        ) from exc
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """A dtype name, or ``"auto"``: bfloat16 on a GPU that supports it, else float32."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained``'s dtype argument: transformers renamed ``torch_dtype`` to
+    ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def quiet_transformers() -> None:
@@ -39,7 +65,7 @@ def load_causal_lm(name_or_path: str, dtype: str, device: torch.device, trust_re
 
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_path(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        resolve_path(name_or_path), trust_remote_code=trust_remote_code, **dtype_kwarg(DTYPES[dtype])
     )
     return model.to(device)
 

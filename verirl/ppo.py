@@ -29,6 +29,7 @@ from torch import Tensor
 from verirl import advantages as adv_fns
 from verirl import losses
 from verirl.critic import Critic, SharedValueHead, build_critic
+from verirl.metrics import UpdateStats
 from verirl.models import _takes_logits_to_keep, completion_logits, sequence_inputs
 from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
 
@@ -378,9 +379,7 @@ class PPO:
         N = batch.completion_ids.shape[0]
         minibatch = a.minibatch_size or N
         micro = a.micro_batch_size or minibatch
-        sums: dict[str, float] = {}
-        count = 0
-        ratio_max = 0.0
+        acc = UpdateStats()
         grad_norms: list[float] = []
         critic_grad_norms: list[float] = []
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -413,12 +412,7 @@ class PPO:
                     )
                     (loss * len(rows) / len(mb)).backward()
                     stats["loss"] = loss.detach()
-                    for key, value in stats.items():
-                        if key == "ratio_max":
-                            ratio_max = max(ratio_max, float(value))
-                        else:
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                    count += 1
+                    acc.add(stats)
                 if o.max_grad_norm > 0:
                     grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy_params, o.max_grad_norm)))
                     critic_grad_norms.append(float(torch.nn.utils.clip_grad_norm_(critic_params, o.max_grad_norm)))
@@ -427,8 +421,7 @@ class PPO:
                 self.critic_optimizer.step()
                 self.critic_scheduler.step()
         critic_keys = {"value_loss", "vf_clip_frac"}
-        out = {(f"critic/{k}" if k in critic_keys else f"policy/{k}"): v / count for k, v in sums.items()}
-        out["policy/ratio_max"] = ratio_max
+        out = {(f"critic/{k}" if k in critic_keys else f"policy/{k}"): v for k, v in acc.means().items()}
         if grad_norms:
             out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
             out["critic/grad_norm"] = sum(critic_grad_norms) / len(critic_grad_norms)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from verirl.checkpoint import clean_partial, latest_checkpoint, load_state, rng_
 from verirl.config import Config, save_config
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
-from verirl.metrics import MetricsWriter, peak_rss_mb
+from verirl.metrics import MetricsWriter, UpdateStats, peak_rss_mb
 from verirl.models import completion_logits, frozen_copy, load_causal_lm, load_tokenizer, pick_device
 from verirl.ppo import PPO
 from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
@@ -379,9 +378,7 @@ class Trainer:
         N = batch.completion_ids.shape[0]
         minibatch = a.minibatch_size or N
         micro = a.micro_batch_size or minibatch
-        sums: dict[str, float] = {}
-        count = 0
-        ratio_max = 0.0
+        acc = UpdateStats()
         grad_norms = []
         # With one minibatch and no KL term, a completion whose advantages are all zero
         # (an all-equal group) adds exactly nothing to the loss or its gradient: leave it
@@ -415,18 +412,12 @@ class Trainer:
                         entropy = losses.entropy_from_logits(logits.detach())
                         stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
                     stats["loss"] = loss.detach()
-                    for key, value in stats.items():
-                        if key == "ratio_max":
-                            ratio_max = max(ratio_max, float(value))
-                        else:
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                    count += 1
+                    acc.add(stats)
                 if c.optim.max_grad_norm > 0:
                     grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)))
                 self.optimizer.step()
                 self.scheduler.step()
-        out = {f"policy/{k}": v / count for k, v in sums.items()}
-        out["policy/ratio_max"] = ratio_max
+        out = {f"policy/{k}": v for k, v in acc.means().items()}
         if grad_norms:
             out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out.setdefault("policy/kl", 0.0)
