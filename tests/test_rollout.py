@@ -90,6 +90,17 @@ def test_one_token_prompt_falls_back_to_plain_prefill(tiny, prompts):
     assert torch.equal(plain.completion_ids, shared.completion_ids)
 
 
+def test_a_model_with_its_own_cache_implementation_keeps_it(tiny, prompts):
+    model, tok = tiny
+    plain = sample(HFEngine(model, tok, share_prompts=False), prompts[:2], 3, 1.0, max_new_tokens=8)
+    model.generation_config.cache_implementation = "static"
+    try:
+        shared = sample(HFEngine(model, tok, share_prompts=True), prompts[:2], 3, 1.0, max_new_tokens=8)
+    finally:
+        model.generation_config.cache_implementation = None
+    assert shared.texts == plain.texts
+
+
 def test_batch_size_splits_in_whole_groups(tiny, prompts):
     model, tok = tiny
     whole = sample(HFEngine(model, tok), prompts, 3, 0.0)

@@ -87,12 +87,15 @@ def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 
     ``generate`` then runs only the last prompt column and the new tokens (a prompt
     cache must leave it at least one token). Returns ``{}`` (no sharing) when the model
-    has no transformers cache or some prompt is a single token (its row would be all
-    padding in the prefill)."""
+    has no transformers cache, names its own cache implementation, or some prompt is a
+    single token (its row would be all padding in the prefill)."""
     from verirl.models import _cache_kwarg, _takes_logits_to_keep
 
     cache_kwarg = _cache_kwarg(model)
-    if (prompt_ids.shape[1] < 2 or cache_kwarg is None or not _takes_logits_to_keep(model)
+    # a model that asks for its own cache kind (static, hybrid, ...) gets it: generate
+    # refuses a cache object next to a cache_implementation
+    wants_own_cache = getattr(getattr(model, "generation_config", None), "cache_implementation", None) is not None
+    if (prompt_ids.shape[1] < 2 or cache_kwarg is None or wants_own_cache or not _takes_logits_to_keep(model)
             or int(prompt_mask[:, :-1].sum(-1).min()) == 0):
         return {}
     head, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
