@@ -1,11 +1,16 @@
-"""Shared fixtures: tiny real models and tokenizers built offline, and the shipped data."""
+"""Shared fixtures: tiny real models and tokenizers built offline, the shipped data, and two
+toy verifiers the trainer tests reward with."""
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
 import pytest
+
+from verirl import Step, hookimpl, verifier
+from verirl.plugins import register_plugin, unregister_plugin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -44,3 +49,48 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"the shared data folder is not at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@verifier("starts_with_digit")
+def starts_with_digit(samples, *, digits: str = "0123456789"):
+    """1 if the completion's first character is one of `digits`."""
+    return [1.0 if s.completion[:1] in digits else 0.0 for s in samples]
+
+
+@verifier("halves", kind="process")
+def halves(samples):
+    """Two steps per completion: +1 for a first half with a digit, −1 otherwise; the second half 0."""
+    out = []
+    for s in samples:
+        n = len(s.completion)
+        if n < 2:
+            out.append([])
+            continue
+        first = s.completion[: n // 2]
+        out.append([Step(0, n // 2, 1.0 if any(c.isdigit() for c in first) else -1.0), Step(n // 2, n, 0.0)])
+    return out
+
+
+class ToyVerifiers:
+    @hookimpl
+    def verirl_register_verifiers(self):
+        return [starts_with_digit, halves]
+
+
+@pytest.fixture(scope="session")
+def problems_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 GSM8K-style rows "What is i plus i+1?" for the trainer tests."""
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    with path.open("w") as fh:
+        for i in range(40):
+            fh.write(json.dumps({"question": f"What is {i} plus {i + 1}?",
+                                 "answer": f"{i}+{i + 1}={2 * i + 1}\n#### {2 * i + 1}"}) + "\n")
+    return path
+
+
+@pytest.fixture()
+def toy_verifiers():
+    """`starts_with_digit` (outcome) and `halves` (process), registered for one test."""
+    register_plugin(ToyVerifiers(), name="toy-verifiers")
+    yield
+    unregister_plugin("toy-verifiers")

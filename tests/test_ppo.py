@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
-from verirl import ConfigError, Step, hookimpl, verifier
+from verirl import ConfigError
 from verirl.config import load_config
 from verirl.critic import SharedValueHead, ValueModel, build_critic
 from verirl.losses import clipped_policy_loss
 from verirl.metrics import read_metrics
 from verirl.models import load_causal_lm
-from verirl.plugins import register_plugin, unregister_plugin
 from verirl.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -323,53 +321,15 @@ def test_critic_save_and_load_round_trip(char_model, tokenizer, tmp_path, kind):
 # --------------------------------------------------------------------------- the trainer's PPO mode
 
 
-@verifier("ppo_starts_with_digit")
-def starts_with_digit(samples, *, digits: str = "0123456789"):
-    """1 if the completion's first character is one of `digits`."""
-    return [1.0 if s.completion[:1] in digits else 0.0 for s in samples]
-
-
-@verifier("ppo_halves", kind="process")
-def halves(samples):
-    """Two steps: +1 for a first half holding a digit (−1 otherwise), then 0 for the second half."""
-    out = []
-    for s in samples:
-        n = len(s.completion)
-        if n < 2:
-            out.append([])
-            continue
-        first = s.completion[: n // 2]
-        out.append([Step(0, n // 2, 1.0 if any(c.isdigit() for c in first) else -1.0), Step(n // 2, n, 0.0)])
-    return out
-
-
-class Plugin:
-    @hookimpl
-    def verirl_register_verifiers(self):
-        return [starts_with_digit, halves]
-
-
 @pytest.fixture()
-def plugin():
-    register_plugin(Plugin(), name="ppo-test")
+def plugin(toy_verifiers):
     yield
-    unregister_plugin("ppo-test")
-
-
-@pytest.fixture(scope="module")
-def problems_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    with path.open("w") as fh:
-        for i in range(40):
-            fh.write(json.dumps({"question": f"What is {i} plus {i + 1}?",
-                                 "answer": f"{i}+{i + 1}={2 * i + 1}\n#### {2 * i + 1}"}) + "\n")
-    return path
 
 
 def ppo_config(char_model, problems_file, out, *extra):
     return load_config(None, [
         f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
-        "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: ppo_starts_with_digit}]",
+        "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
         f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false",
         "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=6",
         "optim.lr=1e-2", "algo.name=ppo", "algo.critic_lr=1e-2", "train.save_every=0", "train.seed=1", *extra,
@@ -447,7 +407,7 @@ def test_ppo_resume_matches_an_uninterrupted_run(char_model, problems_file, tmp_
 def test_group_size_one_process_rewards_and_shared_critic(char_model, problems_file, tmp_path, plugin):
     records = run(ppo_config(char_model, problems_file, tmp_path / "r", "train.steps=2", "rollout.group_size=1",
                              "rollout.prompts_per_step=8", "algo.reward_mode=process", "algo.critic=shared",
-                             "rewards=[{verifier: ppo_halves}]", "rollout.max_new_tokens=8", "algo.ent_coef=0.01",
+                             "rewards=[{verifier: halves}]", "rollout.max_new_tokens=8", "algo.ent_coef=0.01",
                              "algo.vf_clip=null", "algo.beta_r=0"))
     for r in records:
         for key in ("policy/loss", "critic/value_loss", "critic/return_mean"):
@@ -520,11 +480,11 @@ def test_resuming_a_grpo_checkpoint_as_ppo_is_refused(char_model, problems_file,
 def test_ppo_config_errors(plugin, override, message):
     extra = ["algo.critic=shared"] if "critic_path" in override else []
     with pytest.raises(ConfigError, match=message):
-        load_config(None, ["algo.name=ppo", "rewards=[{verifier: ppo_starts_with_digit}]", override, *extra])
+        load_config(None, ["algo.name=ppo", "rewards=[{verifier: starts_with_digit}]", override, *extra])
 
 
 def test_target_kl_needs_a_positive_start(plugin):
-    rewards = "rewards=[{verifier: ppo_starts_with_digit}]"
+    rewards = "rewards=[{verifier: starts_with_digit}]"
     with pytest.raises(ConfigError, match="beta_r must start > 0"):
         load_config(None, ["algo.name=ppo", rewards, "algo.target_kl=1", "algo.beta_r=0"])
     config = load_config(None, ["algo.name=ppo", "rollout.group_size=1", rewards])

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from verirl import Step, hookimpl, verifier
 from verirl.config import load_config
 from verirl.metrics import read_metrics
-from verirl.plugins import register_plugin, unregister_plugin
 from verirl.trainer import Trainer, step_token_indices
 
 REQUIRED = [
@@ -22,46 +19,9 @@ REQUIRED = [
 ]
 
 
-@verifier("starts_with_digit")
-def starts_with_digit(samples, *, digits: str = "0123456789"):
-    """1 if the completion's first character is one of `digits`."""
-    return [1.0 if s.completion[:1] in digits else 0.0 for s in samples]
-
-
-@verifier("halves", kind="process")
-def halves(samples):
-    """Two steps per completion: +1 for a first half with a digit, −1 otherwise; the second half 0."""
-    out = []
-    for s in samples:
-        n = len(s.completion)
-        if n < 2:
-            out.append([])
-            continue
-        first = s.completion[: n // 2]
-        out.append([Step(0, n // 2, 1.0 if any(c.isdigit() for c in first) else -1.0), Step(n // 2, n, 0.0)])
-    return out
-
-
-class Plugin:
-    @hookimpl
-    def verirl_register_verifiers(self):
-        return [starts_with_digit, halves]
-
-
 @pytest.fixture(autouse=True)
-def plugin():
-    register_plugin(Plugin(), name="trainer-test")
+def plugin(toy_verifiers):
     yield
-    unregister_plugin("trainer-test")
-
-
-@pytest.fixture(scope="module")
-def problems_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    with path.open("w") as fh:
-        for i in range(40):
-            fh.write(json.dumps({"question": f"What is {i} plus {i + 1}?", "answer": f"{i}+{i + 1}={2 * i + 1}\n#### {2 * i + 1}"}) + "\n")
-    return path
 
 
 def make_config(char_model, problems_file, out, *extra):

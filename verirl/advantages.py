@@ -45,7 +45,8 @@ def get_advantage_estimator(name: str) -> Callable[..., object]:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_2d_same_shape(**tensors: Tensor) -> None:
+def check_same_2d_shape(**tensors: Tensor) -> None:
+    """ValueError naming the offenders unless every tensor is 2-D ``[N, T]`` of one shape."""
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     for name, shape in shapes.items():
         if len(shape) != 2:
@@ -226,7 +227,7 @@ def process_advantages(
     Returns:
         ``[N, T]`` float advantages.
     """
-    _check_2d_same_shape(step_rewards=step_rewards, step_mask=step_mask, mask=mask)
+    check_same_2d_shape(step_rewards=step_rewards, step_mask=step_mask, mask=mask)
     n, t = mask.shape
     num_groups = _check_groups(n, group_size)
     valid = mask.bool()
@@ -296,7 +297,7 @@ def gae(
         ``(advantages, returns)``, both ``[N, T]``, detached, 0 on padding. Padding
         values of ``rewards``/``values`` never leak into valid positions.
     """
-    _check_2d_same_shape(rewards=rewards, values=values, mask=mask)
+    check_same_2d_shape(rewards=rewards, values=values, mask=mask)
     for name, v in (("gamma", gamma), ("lam", lam)):
         if not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -368,7 +369,7 @@ def per_token_rewards_for_ppo(
         placed = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
         placed[torch.arange(n, device=scores.device), lengths - 1] = scores
     elif scores.dim() == 2:
-        _check_2d_same_shape(scores=scores, mask=mask)
+        check_same_2d_shape(scores=scores, mask=mask)
         off = (scores != 0) & ~valid
         if bool(off.any()):
             index = tuple(int(i) for i in off.nonzero()[0])
@@ -385,6 +386,6 @@ def per_token_rewards_for_ppo(
         return placed
     if logp_old is None or logp_ref is None:
         raise ValueError("beta_r > 0 needs both logp_old and logp_ref (pass beta_r=0 without a reference)")
-    _check_2d_same_shape(logp_old=logp_old, logp_ref=logp_ref, mask=mask)
+    check_same_2d_shape(logp_old=logp_old, logp_ref=logp_ref, mask=mask)
     kl = _float(logp_old.detach()).to(scores.dtype) - _float(logp_ref.detach()).to(scores.dtype)
     return placed + torch.where(valid, -float(beta_r) * kl, zero)

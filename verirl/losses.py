@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from verirl.advantages import check_same_2d_shape
 from verirl.registry import lookup, registrar
 
 KLEstimator = Callable[[Tensor, Tensor], Tensor]
@@ -45,16 +46,6 @@ def get_loss_aggregation(name: str) -> Aggregation:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check_same_shape(**tensors: Tensor) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    for name, shape in shapes.items():
-        if len(shape) != 2:
-            raise ValueError(f"{name} must be a 2-D [N, T] tensor, got shape {shape}")
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{n}{list(s)}" for n, s in shapes.items())
-        raise ValueError(f"these tensors must all have the same [N, T] shape: {listed}")
 
 
 def _zero_padding(x: Tensor, valid: Tensor) -> Tensor:
@@ -187,7 +178,7 @@ def clipped_policy_loss(
         - ``approx_kl``: KL(π_old ‖ π_θ) estimated with k3 on the π_old samples,
           ``mean(ρ − 1 − log ρ)``.
     """
-    _check_same_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    check_same_2d_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
     if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
         raise ValueError(
             f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low!r}, eps_high={eps_high!r}"
@@ -260,7 +251,7 @@ def aggregate_loss(
     """Reduce a per-token loss ``[N, T]`` to a scalar with the aggregation ``mode`` from
     :data:`LOSS_AGGREGATIONS` (formulas in each one's docstring). Padding never counts;
     completions with zero valid tokens never produce ``nan``."""
-    _check_same_shape(per_token=per_token, mask=mask)
+    check_same_2d_shape(per_token=per_token, mask=mask)
     return get_loss_aggregation(mode)(per_token, mask, max_len)
 
 
@@ -299,7 +290,7 @@ def grpo_loss(
     valid = mask.bool()
     stats["pg_loss"] = aggregate(per_token, mask, max_len).detach()
     if ref_logp is not None:
-        _check_same_shape(logp=logp, ref_logp=ref_logp)
+        check_same_2d_shape(logp=logp, ref_logp=ref_logp)
         # Zero the inputs on padding too: exp() of padding garbage would put nan in the gradient.
         kl = estimator(_zero_padding(logp, valid), _zero_padding(ref_logp.detach().to(logp.dtype), valid))
         kl = _zero_padding(kl, valid)
@@ -334,7 +325,7 @@ def clipped_value_loss(
         the fraction of valid tokens where the clipped term is the larger one (its
         gradient is then 0); 0 when ``clip=False``.
     """
-    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    check_same_2d_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     if eps_v < 0:
         raise ValueError(f"eps_v must be >= 0, got {eps_v!r}")
     valid = mask.bool()
@@ -360,7 +351,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     worse). A 0-d detached tensor; 0 when ``Var[G] = 0`` (nothing to explain) so logs
     never see ``nan``.
     """
-    _check_same_shape(values=values, returns=returns, mask=mask)
+    check_same_2d_shape(values=values, returns=returns, mask=mask)
     valid = mask.bool()
     g = returns.to(torch.float64)
     diff = g - values.to(torch.float64)
