@@ -22,6 +22,7 @@ import bisect
 import json
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +166,9 @@ class Trainer:
         if c.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=c.steps, initial=self.step, desc="verirl train", unit="step")
+            # in a log file (no terminal) a redraw per step would be one line per step
+            progress = tqdm(total=c.steps, initial=self.step, desc="verirl train", unit="step",
+                            mininterval=0.5 if sys.stderr.isatty() else 30.0)
         try:
             if self.step == 0 and c.eval_every and self.eval_problems:
                 record = {"step": 0, **self.evaluate()}
@@ -185,7 +188,7 @@ class Trainer:
                     shown = {"reward": metrics["reward/mean"]}
                     if "eval/accuracy" in metrics:
                         shown["acc"] = metrics["eval/accuracy"]
-                    progress.set_postfix(shown)
+                    progress.set_postfix(shown, refresh=False)
         finally:
             if progress is not None:
                 progress.close()
