@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from verirl.models import completion_logits, shared_prompt_forward
+from verirl.models import completion_logits, prompt_groups, shared_prompt_forward
 from verirl.tiny import tiny_model_path
 
 
@@ -46,6 +46,8 @@ QUESTIONS = ["Tom has 3 apples. He buys 4 more. How many apples does Tom have no
 def test_shared_prompt_logits_and_gradients_match_the_plain_forward(tiny, temperature, T):
     model, tok = tiny
     batch = grouped_batch(tok, QUESTIONS, G=4, T=T)
+    first_rows, index = prompt_groups(model, batch[0])  # the shared path is taken, not skipped
+    assert len(first_rows) == 3 and torch.equal(batch[0][first_rows][index], batch[0])
     plain = completion_logits(model, *batch, temperature)
     shared = completion_logits(model, *batch, temperature, share_prompts=True)
     valid = batch[3].bool()

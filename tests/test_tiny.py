@@ -60,6 +60,9 @@ def test_shipped_tokenizer_config_names_a_portable_class():
     # transformers 4.x cannot resolve 5.x's "TokenizersBackend"
     config = json.loads((ASSETS / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    # 4.x would otherwise add token_type_ids, which generate(**encoded) refuses
+    assert config["model_input_names"] == ["input_ids", "attention_mask"]
+    assert set(AutoTokenizer.from_pretrained(ASSETS)("Question: 1")) == {"input_ids", "attention_mask"}
 
 
 def test_shipped_config_knows_its_special_tokens(model, tokenizer):

@@ -40,6 +40,7 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, EOS_TOKEN)  # ids 0, 1, 2
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask")  # a Llama takes no token_type_ids
 
 # Renders exactly the SFT prompt: "Question: {q}\nAnswer:" (then " {solution}<eos>" for an
 # assistant turn). A system message, if any, goes first on its own line.
@@ -129,6 +130,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
+        model_input_names=list(MODEL_INPUT_NAMES),
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
@@ -245,11 +247,14 @@ def sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, train: Sequ
     return losses
 
 
-def _portable_tokenizer_class(config_path: Path) -> None:
+def _portable_tokenizer_config(config_path: Path) -> None:
     # transformers 5 writes its own class name, TokenizersBackend, which 4.x cannot
-    # resolve; PreTrainedTokenizerFast names the same tokenizer in both.
+    # resolve; PreTrainedTokenizerFast names the same tokenizer in both. And 4.x's
+    # PreTrainedTokenizerFast also returns token_type_ids unless told otherwise, which
+    # `model.generate(**encoded)` then refuses.
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = list(MODEL_INPUT_NAMES)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -282,7 +287,7 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     losses = sft(model, tokenizer, tasks.sft_corpus(train, cfg.premature_frac, cfg.seed), cfg, log)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    _portable_tokenizer_class(out / "tokenizer_config.json")
+    _portable_tokenizer_config(out / "tokenizer_config.json")
     summary = {
         "config": asdict(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
