@@ -158,11 +158,15 @@ def shared_prompt_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: tor
     cache_kwarg = _cache_kwarg(model)
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     head = {"logits_to_keep": 1} if output == "logits" and _takes_logits_to_keep(model) else {}
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, **head)
+    from transformers import DynamicCache
+
+    # an explicit Cache object: older transformers return legacy tuples otherwise
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
+                **head, **{cache_kwarg: cache})
     first = getattr(out, output)[:, -1][prompt_index].unsqueeze(1)  # [N, 1, D]: predicts completion token 0
     if T == 1:
         return first
-    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.x: `cache`; 4.x: `past_key_values`
     cache.reorder_cache(prompt_index)  # [U, ...] → [N, ...], an index_select per layer
     mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, : T - 1]], dim=1)
     start = prompt_mask.sum(-1)[prompt_index].unsqueeze(1)

@@ -100,10 +100,11 @@ def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
         return {}
     head, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "reorder_cache"):
-        return {}
+    from transformers import DynamicCache
+
+    cache = DynamicCache()  # explicit: older transformers return legacy tuples otherwise
+    model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+          **{cache_kwarg: cache})
     cache.reorder_cache(index)
     return {cache_kwarg: cache}
 

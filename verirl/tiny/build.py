@@ -251,10 +251,12 @@ def _portable_tokenizer_config(config_path: Path) -> None:
     # transformers 5 writes its own class name, TokenizersBackend, which 4.x cannot
     # resolve; PreTrainedTokenizerFast names the same tokenizer in both. And 4.x's
     # PreTrainedTokenizerFast also returns token_type_ids unless told otherwise, which
-    # `model.generate(**encoded)` then refuses.
+    # `model.generate(**encoded)` then refuses. Before 4.47 the chat template is read
+    # from here only, not from chat_template.jinja.
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config["model_input_names"] = list(MODEL_INPUT_NAMES)
+    config["chat_template"] = CHAT_TEMPLATE
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
