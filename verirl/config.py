@@ -50,7 +50,7 @@ class RolloutConfig:
     max_new_tokens: int = 64  # generation limit per completion
     temperature: float = 1.0  # sampling temperature (log-probs are taken at this temperature too)
     top_p: float = 1.0  # nucleus sampling
-    batch_size: int = 0  # completions generated per generate() call (0: all at once)
+    batch_size: int = 0  # completions per generate() call, in whole groups of G (0: all at once)
     gpu_memory_utilization: float = 0.5  # vllm only
 
 
