@@ -154,14 +154,13 @@ def shared_prompt_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: tor
     instead of ``N·(P + T)``. Position ids skip the left padding, as in
     :func:`sequence_inputs`.
     """
+    from transformers import DynamicCache
+
     T = completion_ids.shape[1]
     cache_kwarg = _cache_kwarg(model)
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     head = {"logits_to_keep": 1} if output == "logits" and _takes_logits_to_keep(model) else {}
-    from transformers import DynamicCache
-
-    # an explicit Cache object: older transformers return legacy tuples otherwise
-    cache = DynamicCache()
+    cache = DynamicCache()  # explicit: older transformers return legacy tuples otherwise
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
                 **head, **{cache_kwarg: cache})
     first = getattr(out, output)[:, -1][prompt_index].unsqueeze(1)  # [N, 1, D]: predicts completion token 0
