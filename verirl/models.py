@@ -126,7 +126,7 @@ def prompt_groups(model: Any, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, t
     ``i`` repeats prompt ``index[i]``. ``None`` when sharing would not help or cannot
     work (no repeat; no transformers cache; gradient checkpointing, which turns the
     cache off)."""
-    if _cache_kwarg(model) is None or _checkpointing(model):
+    if cache_kwarg_name(model) is None or _checkpointing(model):
         return None
     unique, index = torch.unique(prompt_ids, dim=0, return_inverse=True)
     if unique.shape[0] == prompt_ids.shape[0]:
@@ -154,15 +154,9 @@ def shared_prompt_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: tor
     instead of ``N·(P + T)``. Position ids skip the left padding, as in
     :func:`sequence_inputs`.
     """
-    from transformers import DynamicCache
-
     T = completion_ids.shape[1]
-    cache_kwarg = _cache_kwarg(model)
-    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     head = {"logits_to_keep": 1} if output == "logits" and _takes_logits_to_keep(model) else {}
-    cache = DynamicCache()  # explicit: older transformers return legacy tuples otherwise
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
-                **head, **{cache_kwarg: cache})
+    out, cache = prompt_cache(model, prompt_ids, prompt_mask, **head)
     first = getattr(out, output)[:, -1][prompt_index].unsqueeze(1)  # [N, 1, D]: predicts completion token 0
     if T == 1:
         return first
@@ -171,8 +165,22 @@ def shared_prompt_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: tor
     start = prompt_mask.sum(-1)[prompt_index].unsqueeze(1)
     positions = start + torch.arange(T - 1, device=start.device).unsqueeze(0)
     rest = model(input_ids=completion_ids[:, : T - 1], attention_mask=mask, position_ids=positions,
-                 use_cache=True, **{cache_kwarg: cache})
+                 use_cache=True, **{cache_kwarg_name(model): cache})
     return torch.cat([first, getattr(rest, output)], dim=1)
+
+
+def prompt_cache(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, **kwargs: Any) -> tuple[Any, Any]:
+    """``(output, cache)`` of one forward pass over left-padded prompts, with position
+    ids that skip the padding (as in :func:`sequence_inputs`) and the KV cache kept in
+    an explicit ``DynamicCache`` (older transformers return legacy tuples otherwise).
+    ``kwargs`` go to the model (e.g. ``logits_to_keep=1``)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                **kwargs, **{cache_kwarg_name(model): cache})
+    return out, cache
 
 
 def _checkpointing(model: Any) -> bool:
@@ -180,7 +188,7 @@ def _checkpointing(model: Any) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False) if flag is None else flag)
 
 
-def _cache_kwarg(model: Any) -> str | None:
+def cache_kwarg_name(model: Any) -> str | None:
     """The name ``model.forward`` takes its KV cache by, or ``None``."""
     params = inspect.signature(model.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in params), None)

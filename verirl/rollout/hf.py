@@ -89,22 +89,16 @@ def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     cache must leave it at least one token). Returns ``{}`` (no sharing) when the model
     has no transformers cache, names its own cache implementation, or some prompt is a
     single token (its row would be all padding in the prefill)."""
-    from verirl.models import _cache_kwarg, _takes_logits_to_keep
+    from verirl.models import _takes_logits_to_keep, cache_kwarg_name, prompt_cache
 
-    cache_kwarg = _cache_kwarg(model)
+    cache_kwarg = cache_kwarg_name(model)
     # a model that asks for its own cache kind (static, hybrid, ...) gets it: generate
     # refuses a cache object next to a cache_implementation
     wants_own_cache = getattr(getattr(model, "generation_config", None), "cache_implementation", None) is not None
     if (prompt_ids.shape[1] < 2 or cache_kwarg is None or wants_own_cache or not _takes_logits_to_keep(model)
             or int(prompt_mask[:, :-1].sum(-1).min()) == 0):
         return {}
-    head, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
-    positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-    from transformers import DynamicCache
-
-    cache = DynamicCache()  # explicit: older transformers return legacy tuples otherwise
-    model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-          **{cache_kwarg: cache})
+    _, cache = prompt_cache(model, prompt_ids[:, :-1], prompt_mask[:, :-1], logits_to_keep=1)
     cache.reorder_cache(index)
     return {cache_kwarg: cache}
 
