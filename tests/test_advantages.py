@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from verirl.advantages import (
-    ADVANTAGE_ESTIMATORS,
     broadcast_to_tokens,
     gae,
-    get_advantage_estimator,
     group_normalized_advantages,
     masked_mean,
     masked_var,
@@ -50,17 +48,6 @@ def _with_padding_garbage(x: torch.Tensor, mask: torch.Tensor, fill: float) -> t
 
 def _close(a: float, b: float, tol: float = 1e-5) -> bool:
     return abs(a - b) <= tol * (1 + abs(b))
-
-
-# --------------------------------------------------------------------------- registry
-
-
-def test_registry_names_and_unknown_name_lists_valid_ones() -> None:
-    assert get_advantage_estimator("grpo") is group_normalized_advantages
-    assert get_advantage_estimator("grpo_process") is process_advantages
-    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "grpo_process", "gae"}
-    with pytest.raises(ValueError, match=r"unknown advantage estimator 'rloo'.*gae.*grpo"):
-        get_advantage_estimator("rloo")
 
 
 # --------------------------------------------------------------------------- group normalisation

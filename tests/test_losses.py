@@ -13,19 +13,19 @@ from hypothesis import strategies as st
 from verirl.losses import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    LossScale,
     aggregate_loss,
-    clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,
     get_kl_estimator,
     get_loss_aggregation,
-    grpo_loss,
     kl_k1,
     kl_k2,
     kl_k3,
     token_logprobs,
 )
+from verirl.policy_losses import PolicyLossParams, clipped_policy_loss, grpo_loss
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -46,10 +46,10 @@ def _rand(rng: random.Random, n: int, t: int, lo: float, hi: float) -> torch.Ten
 
 
 def test_registries_and_unknown_names() -> None:
-    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
+    assert set(KL_ESTIMATORS) == {"k1", "k2", "k3", "abs", "low_var_kl", "k3+"}
     assert get_kl_estimator("k3") is kl_k3
-    assert set(LOSS_AGGREGATIONS) == {"seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"}
-    with pytest.raises(ValueError, match=r"unknown KL estimator 'k4'; valid names: k1, k2, k3"):
+    assert set(LOSS_AGGREGATIONS) == {"seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}
+    with pytest.raises(ValueError, match=r"unknown KL estimator 'k4'; valid names: abs, k1, k2, k3, k3\+, low_var_kl"):
         get_kl_estimator("k4")
     with pytest.raises(ValueError, match=r"unknown loss aggregation 'mean'.*token-mean"):
         get_loss_aggregation("mean")
@@ -166,7 +166,7 @@ def test_clipped_policy_loss_matches_loop(seed: int, eps: tuple[float, float]) -
     old = _rand(rng, n, t, -4, -0.1)
     logp = old + _rand(rng, n, t, -0.6, 0.6)  # ratios well above and below the clip range
     adv = _rand(rng, n, t, -2, 2)
-    per_token, stats = clipped_policy_loss(logp, old, adv, mask, *eps)
+    per_token, stats = clipped_policy_loss(logp, old, adv, mask, PolicyLossParams(*eps))
     want, want_frac = _clipped_reference(logp.tolist(), old.tolist(), adv.tolist(), lengths, *eps)
     for i in range(n):
         for k in range(t):
@@ -208,9 +208,10 @@ def test_clipped_policy_loss_gradient_is_zero_where_clipped_and_padding_is_inert
 
 
 def test_clipped_policy_loss_bad_eps() -> None:
-    x = torch.zeros(1, 1)
-    with pytest.raises(ValueError, match="eps_low < 1"):
-        clipped_policy_loss(x, x, x, torch.ones(1, 1), eps_low=1.0)
+    with pytest.raises(ValueError, match="0 <= eps_low <= 1"):
+        PolicyLossParams(eps_low=1.5)
+    with pytest.raises(ValueError, match="eps_high >= 0"):
+        PolicyLossParams(eps_high=-0.1)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -229,23 +230,44 @@ def test_aggregations_match_loops(seed: int) -> None:
     tok_mean = sum(sum(r) for r in rows) / sum(lengths)
     max_len = t + 3
     sum_norm = sum(sum(r) / max_len for r in rows) / n
+    seq_sum = sum(sum(r) for r in rows) / n
     assert _close(aggregate_loss(x, mask).item(), seq_mean, 1e-12)
     assert _close(aggregate_loss(x, mask, "seq-mean-token-mean").item(), seq_mean, 1e-12)
     assert _close(aggregate_loss(x, mask, "token-mean").item(), tok_mean, 1e-12)
-    assert _close(aggregate_loss(x, mask, "seq-mean-token-sum-norm", max_len).item(), sum_norm, 1e-12)
+    assert _close(aggregate_loss(x, mask, "seq-mean-token-sum").item(), seq_sum, 1e-12)
+    assert _close(aggregate_loss(x, mask, "seq-mean-token-sum-norm", LossScale(max_len=max_len)).item(), sum_norm, 1e-12)
+
+
+@pytest.mark.parametrize("mode", sorted(LOSS_AGGREGATIONS))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_aggregations_over_minibatch_counts_add_up_over_any_split(mode: str, seed: int) -> None:
+    """Parts of a minibatch aggregated over the whole minibatch's counts sum to its loss."""
+    rng = random.Random(seed)
+    n, t = rng.randint(3, 8), rng.randint(2, 8)
+    lengths = [rng.randint(0, t) for _ in range(n)]
+    mask = _mask(lengths, t)
+    x = _rand(rng, n, t, -2, 2)
+    scale = LossScale.of(mask, max_len=t)
+    assert scale.num_seqs == n and scale.num_tokens == sum(lengths)
+    whole = aggregate_loss(x, mask, mode, LossScale(max_len=t)).item()
+    cut = sorted(rng.sample(range(1, n), rng.randint(0, n - 1)))
+    parts = [slice(a, b) for a, b in zip([0, *cut], [*cut, n])]
+    total = sum(aggregate_loss(x[p], mask[p], mode, scale).item() for p in parts)
+    assert _close(total, whole, 1e-12)
 
 
 def test_aggregations_with_no_valid_token_are_zero_not_nan() -> None:
     x, empty = torch.ones(2, 3), torch.zeros(2, 3)
     for mode in LOSS_AGGREGATIONS:
-        assert aggregate_loss(x, empty, mode, max_len=3).item() == 0.0
+        assert aggregate_loss(x, empty, mode, LossScale(max_len=3)).item() == 0.0
+        assert aggregate_loss(x, empty, mode, LossScale(0, 0, 3)).item() == 0.0
 
 
 def test_sum_norm_needs_a_max_len_at_least_t() -> None:
     with pytest.raises(ValueError, match="needs max_len"):
         aggregate_loss(torch.ones(1, 3), torch.ones(1, 3), "seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="more than max_len=2"):
-        aggregate_loss(torch.ones(1, 3), torch.ones(1, 3), "seq-mean-token-sum-norm", max_len=2)
+        aggregate_loss(torch.ones(1, 3), torch.ones(1, 3), "seq-mean-token-sum-norm", LossScale(max_len=2))
 
 
 # --------------------------------------------------------------------------- μ = 1: the plain policy gradient
@@ -303,8 +325,8 @@ def test_mu_one_clipped_gradient_equals_plain_policy_gradient(seed: int) -> None
 # --------------------------------------------------------------------------- grpo_loss
 
 
-@pytest.mark.parametrize("kl_name", ["k3", "k1", "k2"])
-@pytest.mark.parametrize("agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("kl_name", ["k3", "k1", "k2", "abs", "low_var_kl", "k3+"])
+@pytest.mark.parametrize("agg", sorted(LOSS_AGGREGATIONS))
 def test_grpo_loss_is_clipped_plus_beta_kl_aggregated(kl_name: str, agg: str) -> None:
     rng = random.Random(11)
     n, t, beta, max_len = 4, 5, 0.04, 8
@@ -314,14 +336,21 @@ def test_grpo_loss_is_clipped_plus_beta_kl_aggregated(kl_name: str, agg: str) ->
     logp = old + _rand(rng, n, t, -0.4, 0.4)
     ref = _rand(rng, n, t, -3, -0.1)
     adv = _rand(rng, n, t, -1, 1)
-    loss, stats = grpo_loss(logp, old, ref, adv, mask, beta=beta, kl_estimator=kl_name, loss_agg=agg, max_len=max_len)
+    loss, stats = grpo_loss(logp, old, ref, adv, mask, beta=beta, kl_estimator=kl_name, loss_agg=agg,
+                            scale=LossScale(max_len=max_len))
     want_pg, _ = _clipped_reference(logp.tolist(), old.tolist(), adv.tolist(), lengths, 0.2, 0.2)
-    formula = {"k1": lambda x: -x, "k2": lambda x: x * x / 2, "k3": lambda x: math.exp(x) - x - 1}[kl_name]
+    def k3(x: float) -> float:
+        return math.exp(x) - x - 1
+
+    formula = {"k1": lambda x, r: -x, "k2": lambda x, r: x * x / 2, "k3": lambda x, r: k3(x),
+               "abs": lambda x, r: abs(x), "low_var_kl": lambda x, r: max(-10.0, min(10.0, k3(max(-20, min(20, x))))),
+               "k3+": lambda x, r: r * k3(x)}[kl_name]
     rows, kls = [], []
     for i in range(n):
         row = []
         for k in range(lengths[i]):
-            kl = formula(ref[i, k].item() - logp[i, k].item())
+            rho = math.exp(logp[i, k].item() - old[i, k].item())
+            kl = formula(ref[i, k].item() - logp[i, k].item(), rho)
             kls.append(kl)
             row.append(want_pg[i][k] + beta * kl)
         rows.append(row)
@@ -329,14 +358,16 @@ def test_grpo_loss_is_clipped_plus_beta_kl_aggregated(kl_name: str, agg: str) ->
         want = sum(sum(r) / len(r) for r in rows) / n
     elif agg == "token-mean":
         want = sum(sum(r) for r in rows) / sum(lengths)
+    elif agg == "seq-mean-token-sum":
+        want = sum(sum(r) for r in rows) / n
     else:
         want = sum(sum(r) / max_len for r in rows) / n
     assert _close(loss.item(), want, 1e-9)
     assert _close(stats["kl"].item(), sum(kls) / len(kls), 1e-9)
 
     # beta = 0 or no reference: no KL term in the loss
-    no_kl, s0 = grpo_loss(logp, old, ref, adv, mask, beta=0.0, loss_agg=agg, max_len=max_len)
-    no_ref, s1 = grpo_loss(logp, old, None, adv, mask, beta=0.0, loss_agg=agg, max_len=max_len)
+    no_kl, s0 = grpo_loss(logp, old, ref, adv, mask, beta=0.0, loss_agg=agg, scale=LossScale(max_len=max_len))
+    no_ref, s1 = grpo_loss(logp, old, None, adv, mask, beta=0.0, loss_agg=agg, scale=LossScale(max_len=max_len))
     assert torch.equal(no_kl, no_ref) and torch.equal(no_kl, s0["pg_loss"])
     assert "kl" in s0 and "kl" not in s1
 

@@ -14,7 +14,7 @@ import torch
 from verirl import ConfigError
 from verirl.config import load_config
 from verirl.critic import SharedValueHead, ValueModel, build_critic
-from verirl.losses import clipped_policy_loss
+from verirl.policy_losses import clipped_policy_loss
 from verirl.metrics import read_metrics
 from verirl.models import load_causal_lm
 from verirl.ppo import (

@@ -159,7 +159,12 @@ def test_update_stats_average_each_key_and_take_the_max_ratio():
     from verirl.metrics import UpdateStats
 
     acc = UpdateStats()
+    # minibatch 1: two micro-batches whose losses (parts of one minibatch loss) add up
     acc.add({"loss": torch.tensor(1.0), "clip_frac": 0.5, "ratio_max": 1.3})
     acc.add({"loss": torch.tensor(3.0), "clip_frac": 0.0, "ratio_max": 1.1})
-    assert acc.means() == {"loss": 2.0, "clip_frac": 0.25, "ratio_max": pytest.approx(1.3)}
+    acc.end_minibatch()
+    # minibatch 2: one micro-batch
+    acc.add({"loss": torch.tensor(2.0), "clip_frac": 0.25, "ratio_max": 1.0})
+    acc.end_minibatch()
+    assert acc.means() == {"loss": 3.0, "clip_frac": 0.25, "ratio_max": pytest.approx(1.3)}
     assert UpdateStats().means() == {"ratio_max": 0.0}

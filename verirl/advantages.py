@@ -1,4 +1,5 @@
-"""Advantages: GRPO group normalisation (outcome and process), GAE, whitening, PPO rewards.
+"""Advantages: the critic-free estimators (GRPO and its relatives, outcome and process),
+GAE, whitening, PPO's per-token rewards.
 
 Pure tensor math: tensors in, tensors out; no model, no I/O, no config object.
 
@@ -13,14 +14,15 @@ Standard deviations are *sample* standard deviations (Bessel's ``n - 1`` divisor
 ``torch.std`` computes by default and as DeepSeekMath / TRL / veRL use); a set with a
 single element has standard deviation 0 here rather than ``nan``.
 
-Estimators are registered by name in :data:`ADVANTAGE_ESTIMATORS` so the trainer picks
-one once from its config (:func:`get_advantage_estimator`):
-``grpo`` (outcome), ``grpo_process`` (process supervision), ``gae`` (PPO with a critic).
-Their signatures differ by kind; each one's docstring is its contract.
+The critic-free estimators are registered by name in :data:`ADVANTAGE_ESTIMATORS`
+(``algo.advantage``), all with one signature, ``estimator(AdvantageInputs) -> [N, T]``
+token advantages; each one's docstring gives its formula, its paper and the inputs it
+reads. GAE (:func:`gae`) is PPO's, computed from the critic's values.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,16 +30,36 @@ from torch import Tensor
 
 from verirl.registry import lookup, registrar
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., object]] = {}
-
 SCALES: tuple[str, ...] = ("group_std", "none", "batch_std")
 
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """Everything a critic-free estimator may read (each uses the fields its docstring names)."""
+
+    rewards: Tensor  # [N] outcome rewards R_i (the weighted sum of the verifiers)
+    mask: Tensor  # [N, T] completion-token mask
+    group_size: int  # G
+    eps: float = 1e-6  # ε_std added to standard deviations
+    scale: str = "group_std"  # grpo: group_std | none | batch_std
+    gamma: float = 1.0  # reinforce_plus_plus: discount γ
+    step_rewards: Tensor | None = None  # [N, T] process: step rewards at each step's last token
+    step_mask: Tensor | None = None  # [N, T] process: 1 at each step's last token
+    baseline: Tensor | None = None  # [N] remax: the reward of the greedy completion of each row's prompt
+    term_rewards: Tensor | None = None  # [N, K] gdpo: each reward term's unweighted score (nan: does not apply)
+    term_weights: Tensor | None = None  # [K] gdpo: the terms' weights
+
+
+AdvantageEstimator = Callable[[AdvantageInputs], Tensor]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+#: Estimators of process supervision (step rewards); the others take outcome rewards.
+PROCESS_ESTIMATORS: frozenset[str] = frozenset({"grpo_process", "dr_grpo_process"})
 
 register_advantage_estimator = registrar(ADVANTAGE_ESTIMATORS, "advantage estimator")
 """Decorator: ``@register_advantage_estimator(name)`` adds a function to :data:`ADVANTAGE_ESTIMATORS`."""
 
 
-def get_advantage_estimator(name: str) -> Callable[..., object]:
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """The advantage estimator registered as ``name``; unknown names raise ``ValueError``."""
     return lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
 
@@ -150,7 +172,6 @@ def _sample_std(x: Tensor, dim: int) -> Tensor:
     return x.std(dim=dim, unbiased=True)
 
 
-@register_advantage_estimator("grpo")
 def group_normalized_advantages(
     rewards: Tensor, group_size: int, scale: str = "group_std", eps: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
@@ -199,9 +220,9 @@ def group_normalized_advantages(
     return adv.reshape(-1), zero_std
 
 
-@register_advantage_estimator("grpo_process")
 def process_advantages(
-    step_rewards: Tensor, step_mask: Tensor, mask: Tensor, group_size: int, eps: float = 1e-6
+    step_rewards: Tensor, step_mask: Tensor, mask: Tensor, group_size: int, eps: float = 1e-6,
+    scale: str = "group_std",
 ) -> Tensor:
     """GRPO process-supervision advantages (DeepSeekMath §4.1.3), per token.
 
@@ -219,6 +240,8 @@ def process_advantages(
         mask: ``[N, T]`` completion-token mask.
         group_size: ``G``; ``N = num_groups * G``.
         eps: ``ε`` added to the (sample) std.
+        scale: ``group_std`` (the formula above) or ``none`` (Dr. GRPO's choice: only
+            subtract the mean, ``r̃ = r − mean(R)``).
 
     Groups with fewer than 2 step rewards, or whose step rewards are all equal, carry no
     signal: all their advantages are 0. Tokens after a completion's last step get 0
@@ -252,7 +275,10 @@ def process_advantages(
         s, r, inf
     ).amin(dim=1, keepdim=True)
     has_signal = (count >= 2) & ~all_equal
-    normalized = torch.where(s & has_signal, (r - mean) / (var.sqrt() + eps), zero)
+    if scale not in ("group_std", "none"):
+        raise ValueError(f"process advantages scale must be group_std or none, got {scale!r}")
+    spread = var.sqrt() + eps if scale == "group_std" else torch.ones_like(var)
+    normalized = torch.where(s & has_signal, (r - mean) / spread, zero)
     normalized = normalized.reshape(n, t)
     # Reverse cumulative sum: position t collects the steps ending at or after t.
     adv = normalized.flip(1).cumsum(1).flip(1)
@@ -273,10 +299,201 @@ def broadcast_to_tokens(adv: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), adv.unsqueeze(1), torch.zeros((), dtype=adv.dtype, device=adv.device))
 
 
+# --------------------------------------------------------------------------- the estimators
+
+
+def _grouped_rewards(x: AdvantageInputs) -> Tensor:
+    """``[B, G]`` float rewards, checked: 1-D, finite, whole groups."""
+    if x.rewards.dim() != 1 or x.mask.dim() != 2 or x.rewards.shape[0] != x.mask.shape[0]:
+        raise ValueError(
+            f"rewards must be [N] and mask [N, T] with the same N; got rewards {tuple(x.rewards.shape)}, "
+            f"mask {tuple(x.mask.shape)}"
+        )
+    num_groups = _check_groups(x.rewards.shape[0], x.group_size)
+    rewards = _float(x.rewards)
+    _check_finite("rewards", rewards)
+    return rewards.view(num_groups, x.group_size)
+
+
+def _needs_pairs(name: str, group_size: int) -> None:
+    if group_size < 2:
+        raise ValueError(f"the {name} advantage needs group_size >= 2 (a baseline from the other samples)")
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(x: AdvantageInputs) -> Tensor:
+    """GRPO (DeepSeekMath §4.1.2, arXiv 2402.03300): ``Â_{i,t} = (R_i − mean_g R) / (std_g R + ε)``
+    on every token (:func:`group_normalized_advantages`, with ``x.scale`` choosing
+    ``group_std``, ``batch_std`` or ``none``). Reads ``rewards``, ``group_size``, ``eps``, ``scale``."""
+    seq, _ = group_normalized_advantages(x.rewards, x.group_size, x.scale, x.eps)
+    return broadcast_to_tokens(seq, x.mask)
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo_advantages(x: AdvantageInputs) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025, arXiv 2503.20783): ``Â_{i,t} = R_i − mean_g R``, no division
+    by the std (which biases toward questions of low or high difficulty). Pair it with the
+    ``seq-mean-token-sum-norm`` aggregation for the paper's whole recipe."""
+    grouped = _grouped_rewards(x)
+    return broadcast_to_tokens((grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1), x.mask)
+
+
+@register_advantage_estimator("rloo")
+def rloo_advantages(x: AdvantageInputs) -> Tensor:
+    """RLOO (Ahmadian et al. 2024, arXiv 2402.14740): each sample's baseline is the mean of
+    the group's *other* samples, ``Â_i = R_i − (1/(G−1)) Σ_{j≠i} R_j = G/(G−1) · (R_i − mean_g R)``."""
+    grouped = _grouped_rewards(x)
+    _needs_pairs("rloo", x.group_size)
+    G = x.group_size
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (G - 1)
+    return broadcast_to_tokens((grouped - others).reshape(-1), x.mask)
+
+
+@register_advantage_estimator("opo")
+def opo_advantages(x: AdvantageInputs) -> Tensor:
+    """OPO (On-Policy RL with Optimal reward baseline, arXiv 2505.23585): a length-weighted
+    group baseline, ``Â_i = R_i − Σ_j |o_j| R_j / Σ_j |o_j|``."""
+    grouped = _grouped_rewards(x)
+    lengths = x.mask.bool().sum(dim=1).to(grouped.dtype).view_as(grouped)
+    baseline = (lengths * grouped).sum(dim=1, keepdim=True) / lengths.sum(dim=1, keepdim=True).clamp(min=1)
+    return broadcast_to_tokens((grouped - baseline).reshape(-1), x.mask)
+
+
+@register_advantage_estimator("gpg")
+def gpg_advantages(x: AdvantageInputs) -> Tensor:
+    """GPG (Group Policy Gradient, arXiv 2504.02546): the group-centred reward scaled up by
+    the share of samples with a nonzero reward, ``Â_i = α (R_i − mean_g R)``,
+    ``α = N / max(1, #{i : R_i ≠ 0})`` (veRL's ``gpg`` with ``f_norm = 1``)."""
+    grouped = _grouped_rewards(x)
+    alpha = grouped.numel() / max(int((grouped != 0).sum()), 1)
+    return broadcast_to_tokens((alpha * (grouped - grouped.mean(dim=1, keepdim=True))).reshape(-1), x.mask)
+
+
+@register_advantage_estimator("grpo_passk")
+def grpo_passk_advantages(x: AdvantageInputs) -> Tensor:
+    """Pass@k training (Chen et al. 2025, arXiv 2503.19595, veRL's ``grpo_passk``): only the
+    best completion of each group learns, ``Â_best = (r_max − r_second) / (std_g R + ε)``
+    (no division with ``scale: none``); every other completion gets 0. Ties go to the
+    first of the best."""
+    grouped = _grouped_rewards(x)
+    _needs_pairs("grpo_passk", x.group_size)
+    top = torch.topk(grouped, 2, dim=1)
+    gap = top.values[:, 0] - top.values[:, 1]
+    if x.scale != "none":
+        gap = gap / (_sample_std(grouped, dim=1) + x.eps)
+    adv = torch.zeros_like(grouped)
+    adv[torch.arange(grouped.shape[0], device=grouped.device), top.indices[:, 0]] = gap
+    return broadcast_to_tokens(adv.reshape(-1), x.mask)
+
+
+@register_advantage_estimator("reinforce_plus_plus")
+def reinforce_plus_plus_advantages(x: AdvantageInputs) -> Tensor:
+    """REINFORCE++ (Hu 2025, arXiv 2501.03262): the discounted return of each token,
+    whitened over all valid tokens of the batch (no group baseline).
+
+    The reward ``R_i`` sits on the last token, so ``G_{i,t} = γ^{|o_i|−1−t} R_i``, then
+    ``Â = (G − mean G) / sqrt(var G + 1e−8)`` over the batch's valid tokens
+    (:func:`masked_whiten`). Reads ``rewards``, ``mask``, ``gamma``. In GRPO mode the KL
+    to π_ref is in the loss, so it is not in these returns.
+    """
+    if not 0.0 <= float(x.gamma) <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {x.gamma!r}")
+    _check_right_padded(x.mask)
+    rewards = _float(x.rewards)
+    _check_finite("rewards", rewards)
+    valid = x.mask.bool()
+    lengths = valid.sum(dim=1, keepdim=True)
+    steps_to_end = (lengths - 1 - torch.arange(valid.shape[1], device=valid.device)).clamp(min=0)
+    returns = rewards.unsqueeze(1) * torch.pow(torch.tensor(float(x.gamma), dtype=rewards.dtype), steps_to_end)
+    return masked_whiten(torch.where(valid, returns, torch.zeros_like(returns)), valid)
+
+
+@register_advantage_estimator("reinforce_plus_plus_baseline")
+def reinforce_plus_plus_baseline_advantages(x: AdvantageInputs) -> Tensor:
+    """REINFORCE++-baseline (arXiv 2501.03262): the group-centred reward on every token,
+    whitened over all valid tokens of the batch: ``Â = whiten(R_i − mean_g R)``."""
+    grouped = _grouped_rewards(x)
+    centred = broadcast_to_tokens((grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1), x.mask)
+    return masked_whiten(centred, x.mask)
+
+
+@register_advantage_estimator("remax")
+def remax_advantages(x: AdvantageInputs) -> Tensor:
+    """ReMax (Li et al. 2023, arXiv 2310.10505): the baseline is the reward of the greedy
+    completion of the same prompt, ``Â_i = R_i − R(greedy_i)`` (``baseline`` ``[N]``, the
+    greedy reward repeated on each row of its group). The trainer samples the greedy
+    completions when this estimator is chosen."""
+    if x.baseline is None:
+        raise ValueError("the remax advantage needs baseline: the reward of each prompt's greedy completion")
+    rewards = _float(x.rewards)
+    baseline = _float(x.baseline).to(rewards.dtype)
+    if baseline.shape != rewards.shape:
+        raise ValueError(f"baseline must be [N] like rewards, got {tuple(baseline.shape)} vs {tuple(rewards.shape)}")
+    _check_finite("rewards", rewards)
+    _check_finite("baseline", baseline)
+    return broadcast_to_tokens(rewards - baseline, x.mask)
+
+
+@register_advantage_estimator("gdpo")
+def gdpo_advantages(x: AdvantageInputs) -> Tensor:
+    """GDPO (group reward-decoupled normalisation, arXiv 2601.05242; TRL's
+    ``multi_objective_aggregation="normalize_then_sum"``): normalise each reward term
+    within the group first, then sum with the weights, then normalise over the batch.
+
+    With ``s_{i,k}`` term k's unweighted score and ``w_k`` its weight:
+    ``ŝ_{i,k} = (s_{i,k} − mean_g s_k) / (std_g s_k + ε)``, ``S_i = Σ_k w_k ŝ_{i,k}``,
+    ``Â_i = (S_i − mean S) / (std S + ε)`` over all N. A score that does not apply
+    (``nan``) is left out of its term's group statistics and adds 0. With one term this is
+    GRPO followed by a batch normalisation. Reads ``term_rewards``, ``term_weights``.
+    """
+    if x.term_rewards is None or x.term_weights is None:
+        raise ValueError("the gdpo advantage needs term_rewards [N, K] and term_weights [K]")
+    scores = _float(x.term_rewards)
+    if scores.dim() != 2 or scores.shape[0] != x.mask.shape[0] or x.term_weights.shape != (scores.shape[1],):
+        raise ValueError(
+            f"term_rewards must be [N, K] and term_weights [K]; got {tuple(scores.shape)} and "
+            f"{tuple(x.term_weights.shape)} for N={x.mask.shape[0]}"
+        )
+    num_groups = _check_groups(scores.shape[0], x.group_size)
+    grouped = scores.view(num_groups, x.group_size, -1)
+    present = ~torch.isnan(grouped)
+    _check_finite("term_rewards", torch.where(present, grouped, torch.zeros_like(grouped)))
+    count = present.sum(dim=1, keepdim=True)
+    filled = torch.where(present, grouped, torch.zeros_like(grouped))
+    mean = filled.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    var = torch.where(present, (grouped - mean) ** 2, torch.zeros_like(grouped)).sum(dim=1, keepdim=True)
+    std = (var / (count - 1).clamp(min=1)).sqrt()
+    normalised = torch.where(present, (grouped - mean) / (std + x.eps), torch.zeros_like(grouped))
+    summed = (normalised * x.term_weights.to(normalised.dtype)).sum(dim=-1).reshape(-1)
+    adv = (summed - summed.mean()) / (_sample_std(summed, dim=0) + x.eps)
+    return broadcast_to_tokens(adv, x.mask)
+
+
+def _process_inputs(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    if x.step_rewards is None or x.step_mask is None:
+        raise ValueError("process advantages need step_rewards and step_mask (algo.reward_mode=process)")
+    return x.step_rewards, x.step_mask
+
+
+@register_advantage_estimator("grpo_process")
+def grpo_process_advantages(x: AdvantageInputs) -> Tensor:
+    """GRPO with process supervision (DeepSeekMath §4.1.3): every step reward of the group
+    normalised together, each token gets the sum of its own and all later steps'
+    normalised rewards (:func:`process_advantages`)."""
+    return process_advantages(*_process_inputs(x), x.mask, x.group_size, x.eps)
+
+
+@register_advantage_estimator("dr_grpo_process")
+def dr_grpo_process_advantages(x: AdvantageInputs) -> Tensor:
+    """Process supervision without the std division (Dr. GRPO's choice applied to
+    DeepSeekMath §4.1.3): ``r̃ = r − mean(R)`` over the group's step rewards, summed over
+    each token's own and later steps (:func:`process_advantages` with ``scale="none"``)."""
+    return process_advantages(*_process_inputs(x), x.mask, x.group_size, x.eps, scale="none")
+
+
 # --------------------------------------------------------------------------- PPO
 
 
-@register_advantage_estimator("gae")
 @torch.no_grad()
 def gae(
     rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95

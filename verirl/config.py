@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import yaml
 
 from verirl.verifier import ConfigError
 
+log = logging.getLogger("verirl.config")
+
 
 @dataclass
 class ModelConfig:
@@ -27,6 +31,10 @@ class ModelConfig:
     trust_remote_code: bool = False  # passed to from_pretrained
     gradient_checkpointing: bool = False  # trade compute for activation memory
     share_prompt_forward: bool = True  # one forward per distinct prompt (rollout prefill, GRPO update); the group shares its KV cache
+    lora_rank: int = 0  # LoRA adapters of this rank are trained through peft (0: full fine-tuning); π_ref is then the base model with the adapters off
+    lora_alpha: float = 16.0  # LoRA scaling α (the update is α/r · BA)
+    lora_dropout: float = 0.0  # dropout on the LoRA path
+    lora_target_modules: str | list[str] = "all-linear"  # modules given adapters: peft's "all-linear" or a list of module names
 
 
 @dataclass
@@ -54,36 +62,72 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # vllm only
 
 
+ADVANTAGES = ("grpo", "dr_grpo", "rloo", "opo", "gpg", "grpo_passk", "reinforce_plus_plus",
+              "reinforce_plus_plus_baseline", "remax", "gdpo", "gae")
+POLICY_LOSSES = ("vanilla", "dual_clip", "gspo", "cispo", "sapo", "clip_cov", "kl_cov", "gmpo", "gpg", "vespo")
+KL_ESTIMATORS = ("k3", "k1", "k2", "abs", "low_var_kl", "k3+")
+LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+#: estimators with a process-supervision variant (NAME_process), for algo.reward_mode=process
+PROCESS_VARIANTS = ("grpo", "dr_grpo")
+#: policy losses whose token selection couples the rows of a call (rows cannot be left out)
+BATCH_COUPLED_LOSSES = ("clip_cov", "kl_cov")
+
+
 @dataclass
 class AlgoConfig:
-    name: Literal["grpo", "ppo"] = "grpo"  # critic-free GRPO, or PPO with a critic
-    reward_mode: Literal["outcome", "process"] = "outcome"  # outcome: one R per completion; process: step rewards
-    scale: Literal["group_std", "none", "batch_std"] = "group_std"  # GRPO advantage scaling
+    name: Literal["grpo", "ppo"] = "grpo"  # critic-free GRPO (and its relatives, by algo.advantage), or PPO with a critic
+    advantage: Literal[ADVANTAGES] | None = None  # advantage estimator (README table); None: grpo, or gae with algo.name=ppo
+    reward_mode: Literal["outcome", "process"] = "outcome"  # outcome: one R per completion; process: step rewards (the estimator's process variant)
+    scale: Literal["group_std", "none", "batch_std"] = "group_std"  # grpo / grpo_passk advantage scaling
     eps_std: float = 1e-6  # ε_std added to the std
     drop_zero_std: bool = False  # DAPO dynamic sampling: drop all-equal groups and sample more prompts
     max_resample_rounds: int = 4  # with drop_zero_std: extra sampling rounds per step at most
-    eps_low: float = 0.2  # ratio clip, lower side
-    eps_high: float = 0.2  # ratio clip, upper side
+    policy_loss: Literal[POLICY_LOSSES] = "vanilla"  # per-token policy loss (README table)
+    eps_low: float = 0.2  # ratio clip, lower side (1: no lower bound)
+    eps_high: float = 0.2  # ratio clip, upper side (> eps_low: DAPO clip-higher)
+    dual_clip_c: float = 3.0  # dual_clip: a negative-advantage token costs at most −c·Â (c > 1)
+    sapo_tau_pos: float = 1.0  # sapo: gate temperature where Â > 0
+    sapo_tau_neg: float = 1.05  # sapo: gate temperature where Â ≤ 0
+    cov_frac: float = 2e-4  # clip_cov / kl_cov: fraction of tokens selected by covariance
+    clip_cov_lb: float = 1.0  # clip_cov: selectable covariance range, lower end
+    clip_cov_ub: float = 5.0  # clip_cov: selectable covariance range, upper end
+    kl_cov_coef: float = 1.0  # kl_cov: coefficient of |log ρ| on the selected tokens
+    vespo_k_pos: float = 2.0  # vespo: power k of the weight φ(w) where Â ≥ 0
+    vespo_lambda_pos: float = 3.0  # vespo: decay λ of φ(w) where Â ≥ 0
+    vespo_k_neg: float = 3.0  # vespo: power k where Â < 0
+    vespo_lambda_neg: float = 2.0  # vespo: decay λ where Â < 0
     beta: float = 0.04  # GRPO: KL coefficient in the loss (0: no reference model is loaded); PPO uses beta_r
-    kl_estimator: Literal["k3", "k1", "k2"] = "k3"  # per-token KL estimator
-    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
+    kl_estimator: Literal[KL_ESTIMATORS] = "k3"  # per-token KL estimator (k3+: importance-weighted k3)
+    loss_agg: Literal[LOSS_AGGREGATIONS] = "seq-mean-token-mean"  # how per-token losses become one number
+    ent_coef: float = 0.0  # c_H: entropy bonus weight, −c_H·H in the loss (GRPO and PPO)
+    mask_truncated: bool = False  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
+    top_entropy_quantile: float = 1.0  # train only on the top ρ fraction of tokens by entropy (1: all; 0.2 in the paper)
+    off_policy_mask_delta: float | None = None  # drop negative-advantage completions whose mean KL(π_old‖π_θ) exceeds δ (None: off)
     ppo_epochs: int = 1  # μ: passes over each rollout batch
     minibatch_size: int = 0  # completions per optimizer step (0: the whole batch)
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation; 0: = minibatch)
     skip_zero_advantage: bool = True  # with one minibatch and β = 0, leave all-zero-advantage completions out of the backward (same gradient, less work)
-    ref_reset_every: int = 0  # iterative GRPO: π_ref ← π_θ every M steps (0: never)
+    ref_reset_every: int = 0  # reference sync every M steps: π_ref ← α·π_θ + (1−α)·π_ref (0: never)
+    ref_mixup_alpha: float = 1.0  # α of the reference sync (1: hard reset, iterative GRPO; < 1: TR-DPO mix-up)
     # PPO with a critic
-    gamma: float = 1.0  # discount γ
+    gamma: float = 1.0  # discount γ (GAE; reinforce_plus_plus returns)
     lam: float = 0.95  # GAE λ
     beta_r: float = 0.05  # KL coefficient in the per-token reward (PPO)
     target_kl: float | None = None  # adaptive KL controller target, per completion (KL summed over its tokens); None: fixed beta_r
     kl_horizon: int = 10000  # adaptive KL: β_r moves by at most ±20%·N/kl_horizon per rollout of N completions
     vf_coef: float = 0.5  # c1: value-loss weight
-    ent_coef: float = 0.0  # c2: entropy bonus weight
     vf_clip: float | None = 0.2  # ε_v value clip (None: plain MSE)
     critic: Literal["separate", "shared"] = "separate"  # separate value model, or a head on the policy trunk
     critic_path: str | None = None  # initialise the critic from here (None: from the policy)
     critic_lr: float = 1e-5  # critic learning rate
+
+    def estimator(self) -> str:
+        """The registered estimator this config selects: ``gae`` for PPO; else
+        ``algo.advantage`` (default grpo), as its ``_process`` variant in process mode."""
+        if self.name == "ppo":
+            return "gae"
+        base = self.advantage or "grpo"
+        return f"{base}_process" if self.reward_mode == "process" else base
 
 
 @dataclass
@@ -91,7 +135,9 @@ class OptimConfig:
     lr: float = 1e-6  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    warmup_steps: int = 0  # linear warm-up (optimizer steps), then constant
+    warmup_steps: int = 0  # linear warm-up (optimizer steps), then the schedule
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # learning rate after warm-up, over all optimizer steps of the run
+    min_lr_ratio: float = 0.0  # linear / cosine: the final learning rate as a fraction of lr
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
 
 
@@ -139,6 +185,8 @@ def _plain(value: Any) -> Any:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -275,15 +323,82 @@ def validate(config: Config) -> None:
     micro = a.micro_batch_size or mb
     if micro > mb or mb % micro:
         raise ConfigError(f"algo.micro_batch_size ({micro}) must divide algo.minibatch_size ({mb})")
-    if not (0 <= a.eps_low < 1) or a.eps_high < 0:
-        raise ConfigError(f"algo.eps_low must be in [0, 1) and eps_high ≥ 0, got {a.eps_low}, {a.eps_high}")
+    if not (0 <= a.eps_low <= 1) or a.eps_high < 0:
+        raise ConfigError(f"algo.eps_low must be in [0, 1] and eps_high ≥ 0, got {a.eps_low}, {a.eps_high}")
     if a.beta < 0:
         raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
+    _validate_algorithm(config)
+    _validate_optim_and_model(config)
     if a.name == "ppo":
         _validate_ppo(config)
     from verirl.rewards import parse_rewards
 
     parse_rewards(config.rewards, source="rewards")
+
+
+def _validate_algorithm(config: Config) -> None:
+    """Estimator, policy loss, filters and reference sync: ranges and the pairs that do not go together."""
+    a = config.algo
+    if a.advantage == "gae" and a.name != "ppo":
+        raise ConfigError("algo.advantage=gae needs a critic's values: set algo.name=ppo (or pick a critic-free "
+                          "estimator such as grpo or rloo)")
+    if a.name == "ppo" and a.advantage not in (None, "gae"):
+        raise ConfigError(f"algo.name=ppo computes advantages by GAE from its critic; algo.advantage={a.advantage} "
+                          "is critic-free: use it with algo.name=grpo, or leave algo.advantage unset")
+    if a.name == "grpo" and a.reward_mode == "process" and (a.advantage or "grpo") not in PROCESS_VARIANTS:
+        raise ConfigError(f"algo.reward_mode=process needs an estimator with a process variant; "
+                          f"algo.advantage={a.advantage} has none (use one of {list(PROCESS_VARIANTS)}, or algo.name=ppo)")
+    if a.scale != "group_std" and a.name == "grpo" and (a.advantage or "grpo") not in ("grpo", "grpo_passk"):
+        raise ConfigError(f"algo.scale={a.scale} applies to algo.advantage=grpo or grpo_passk only; "
+                          f"algo.advantage={a.advantage} defines its own scaling (leave algo.scale=group_std)")
+    if a.advantage == "grpo_passk" and a.scale == "batch_std":
+        raise ConfigError("algo.advantage=grpo_passk divides by the group's std (algo.scale=group_std) or by "
+                          "nothing (none); algo.scale=batch_std is not defined for it")
+    if a.advantage == "gdpo" and len(config.rewards) < 2:
+        log.info("algo.advantage=gdpo with one reward term is GRPO followed by a batch normalisation")
+    for key in ("eps_std", "ent_coef", "kl_cov_coef", "cov_frac"):
+        if getattr(a, key) < 0:
+            raise ConfigError(f"algo.{key} must be ≥ 0, got {getattr(a, key)}")
+    if not 0 < a.cov_frac <= 1:
+        raise ConfigError(f"algo.cov_frac must be in (0, 1], got {a.cov_frac}")
+    if a.dual_clip_c <= 1:
+        raise ConfigError(f"algo.dual_clip_c must be > 1 (a bound beyond the clip), got {a.dual_clip_c}")
+    if a.sapo_tau_pos <= 0 or a.sapo_tau_neg <= 0:
+        raise ConfigError(f"algo.sapo_tau_pos and sapo_tau_neg must be > 0, got {a.sapo_tau_pos}, {a.sapo_tau_neg}")
+    if a.clip_cov_lb >= a.clip_cov_ub:
+        raise ConfigError(f"algo.clip_cov_lb ({a.clip_cov_lb}) must be below algo.clip_cov_ub ({a.clip_cov_ub})")
+    if not 0 <= a.top_entropy_quantile <= 1:
+        raise ConfigError(f"algo.top_entropy_quantile must be in [0, 1] (1 keeps every token), got {a.top_entropy_quantile}")
+    if a.off_policy_mask_delta is not None and a.off_policy_mask_delta < 0:
+        raise ConfigError(f"algo.off_policy_mask_delta must be ≥ 0 (or null: off), got {a.off_policy_mask_delta}")
+    if not 0 < a.ref_mixup_alpha <= 1:
+        raise ConfigError(f"algo.ref_mixup_alpha must be in (0, 1] (1: hard reset), got {a.ref_mixup_alpha}")
+    if a.ref_mixup_alpha != 1 and not a.ref_reset_every:
+        raise ConfigError("algo.ref_mixup_alpha mixes π_θ into π_ref at each reference sync; set algo.ref_reset_every "
+                          "(the sync period in steps) too")
+    if a.kl_estimator == "k3+" and a.name == "ppo":
+        raise ConfigError("algo.kl_estimator=k3+ weights the KL term of a loss by ρ; PPO puts its KL in the reward "
+                          "(algo.beta_r), so use k1, k2, k3, abs or low_var_kl with algo.name=ppo")
+
+
+def _validate_optim_and_model(config: Config) -> None:
+    o, m = config.optim, config.model
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if o.min_lr_ratio and o.lr_schedule == "constant":
+        raise ConfigError("optim.min_lr_ratio is the end point of a decay: set optim.lr_schedule=linear or cosine")
+    if m.lora_rank < 0:
+        raise ConfigError(f"model.lora_rank must be ≥ 0 (0: no LoRA), got {m.lora_rank}")
+    if m.lora_rank:
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("model.lora_rank > 0 trains LoRA adapters through peft, which is not installed: "
+                              "pip install 'verirl[lora]' (or peft), or set model.lora_rank=0")
+        if m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:
+            raise ConfigError(f"model.lora_alpha must be > 0 and lora_dropout in [0, 1), got {m.lora_alpha}, "
+                              f"{m.lora_dropout}")
+        if config.algo.name == "ppo" and config.algo.critic == "shared":
+            raise ConfigError("model.lora_rank with algo.critic=shared is not supported: the value head would sit on a "
+                              "trunk whose base weights are frozen; use algo.critic=separate")
 
 
 def _validate_ppo(config: Config) -> None:
@@ -292,7 +407,7 @@ def _validate_ppo(config: Config) -> None:
     for key in ("gamma", "lam"):
         if not 0.0 <= getattr(a, key) <= 1.0:
             raise ConfigError(f"algo.{key} must be in [0, 1], got {getattr(a, key)}")
-    for key in ("beta_r", "vf_coef", "ent_coef"):
+    for key in ("beta_r", "vf_coef"):
         if getattr(a, key) < 0:
             raise ConfigError(f"algo.{key} must be ≥ 0, got {getattr(a, key)}")
     if a.vf_clip is not None and a.vf_clip < 0:

@@ -9,13 +9,19 @@ are exactly 0 on padding. Statistics are detached 0-d tensors (call ``.item()`` 
 logging; keeping them tensors avoids a device sync per stat).
 
 Registries, each selected once by config name:
-- :data:`KL_ESTIMATORS` (``k3``, ``k1``, ``k2``) via :func:`get_kl_estimator`;
-- :data:`LOSS_AGGREGATIONS` (``seq-mean-token-mean``, ``token-mean``,
-  ``seq-mean-token-sum-norm``) via :func:`get_loss_aggregation`.
+- :data:`KL_ESTIMATORS` (``k3``, ``k1``, ``k2``, ``abs``, ``low_var_kl``, ``k3+``) via
+  :func:`get_kl_estimator`;
+- :data:`LOSS_AGGREGATIONS` (``seq-mean-token-mean``, ``token-mean``, ``seq-mean-token-sum``,
+  ``seq-mean-token-sum-norm``) via :func:`get_loss_aggregation`, each dividing by the
+  counts of a :class:`LossScale` so micro-batches add up to their minibatch exactly.
+
+The policy losses (the clipped surrogate and its relatives) and the whole GRPO
+objective are in :mod:`verirl.policy_losses`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,8 +30,8 @@ from torch import Tensor
 from verirl.advantages import check_same_2d_shape
 from verirl.registry import lookup, registrar
 
-KLEstimator = Callable[[Tensor, Tensor], Tensor]
-Aggregation = Callable[[Tensor, Tensor, "int | None"], Tensor]
+KLEstimator = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+Aggregation = Callable[[Tensor, Tensor, "LossScale"], Tensor]
 
 KL_ESTIMATORS: dict[str, KLEstimator] = {}
 LOSS_AGGREGATIONS: dict[str, Aggregation] = {}
@@ -118,12 +124,12 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- KL estimators
-# All take (logp = log π_θ, ref_logp = log π_ref) on the sampled tokens, with
-# x = log π_ref − log π_θ; samples come from π_θ (≈ π_old), so E[k] ≈ KL(π_θ ‖ π_ref).
+# All take (logp = log π_θ, ref_logp = log π_ref, old_logp = log π_old) on the sampled
+# tokens, with x = log π_ref − log π_θ. Samples come from π_old; only k3+ uses old_logp.
 
 
 @register_kl_estimator("k3")
-def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+def kl_k3(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
     """``k3 = exp(x) − x − 1`` with ``x = log π_ref − log π_θ`` (DeepSeekMath's default).
 
     Unbiased for KL(π_θ ‖ π_ref) and always ≥ 0. Computed as ``expm1(x) − x`` to keep
@@ -134,103 +140,128 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 @register_kl_estimator("k1")
-def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+def kl_k1(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
     """``k1 = −x`` with ``x = log π_ref − log π_θ``: unbiased, high variance, can be negative."""
     return logp - ref_logp
 
 
 @register_kl_estimator("k2")
-def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """``k2 = x² / 2`` with ``x = log π_ref − log π_θ``: low variance, biased, ≥ 0."""
+def kl_k2(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
+    """``k2 = x² / 2`` with ``x = log π_ref − log π_θ``: low variance, biased, ≥ 0.
+
+    Its gradient, ``(log π_θ − log π_ref) ∇log π_θ``, is the unbiased gradient of
+    KL(π_θ ‖ π_ref) for on-policy samples (Schulman's note on KL approximations)."""
     return 0.5 * (ref_logp - logp) ** 2
 
 
-# --------------------------------------------------------------------------- policy loss
+@register_kl_estimator("abs")
+def kl_abs(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
+    """``|x|`` with ``x = log π_ref − log π_θ`` (veRL's ``abs``): biased, ≥ 0."""
+    return (logp - ref_logp).abs()
 
 
-def clipped_policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The clipped surrogate, per token (PPO / GRPO; ``eps_high > eps_low`` is DAPO's clip-higher).
+@register_kl_estimator("low_var_kl")
+def kl_low_var(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
+    """k3 with both ends clamped, veRL's ``low_var_kl``: ``clamp(exp(x̃) − x̃ − 1, −10, 10)``
+    with ``x̃ = clamp(log π_ref − log π_θ, −20, 20)``. Equal to k3 wherever ``k3 ≤ 10``;
+    bounds the penalty (and its gradient) of tokens the reference finds very unlikely."""
+    x = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    return torch.clamp(torch.expm1(x) - x, -10.0, 10.0)
 
-    ``ℓ_{i,t} = −min(ρ_{i,t} Â_{i,t}, clip(ρ_{i,t}, 1−ε_low, 1+ε_high) Â_{i,t})``, with
-    ``ρ_{i,t} = exp(log π_θ − log π_old)``. ``old_logp`` is detached here: π_old is a
-    constant of the update.
 
-    Args:
-        logp, old_logp, advantages, mask: ``[N, T]``.
-        eps_low, eps_high: ``ε_low`` in [0, 1), ``ε_high`` ≥ 0.
+@register_kl_estimator("k3+")
+def kl_k3_importance_weighted(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Tensor:
+    """Importance-weighted k3, ``ρ · (exp(x) − x − 1)`` with ``ρ = π_θ / π_old`` (with its
+    gradient) and ``x = log π_ref − log π_θ``: DeepSeek-V3.2's unbiased KL estimate (TRL's
+    ``use_bias_correction_kl``).
 
-    Returns:
-        ``(per_token_loss [N, T], stats)``; the loss is 0 on padding. ``stats`` (detached
-        0-d tensors, over valid tokens only; 0 when there are none):
-
-        - ``clip_frac``: fraction of tokens where the clipped term is the smaller one
-          (there the token contributes no gradient);
-        - ``clip_frac_low`` / ``clip_frac_high``: the part of it with ``ρ < 1−ε_low``
-          (``Â < 0``) / ``ρ > 1+ε_high`` (``Â > 0``);
-        - ``ratio_mean``, ``ratio_max``: of ``ρ``;
-        - ``approx_kl``: KL(π_old ‖ π_θ) estimated with k3 on the π_old samples,
-          ``mean(ρ − 1 − log ρ)``.
+    Why: the tokens were sampled from π_old, and ``∇ E_{π_old}[k3]`` is not ``∇ KL(π_θ‖π_ref)``.
+    With the weight, ``∇(ρ·k3) = ρ (log π_θ − log π_ref) ∇log π_θ``, which is the
+    importance-sampled gradient of the KL. At ρ = 1 the value equals k3.
+    Convention: veRL's ``k3+`` is different (k3's value with k2's gradient through a
+    straight-through trick); for on-policy samples both gradients coincide.
     """
-    check_same_2d_shape(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
-    if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
-        raise ValueError(
-            f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low!r}, eps_high={eps_high!r}"
-        )
-    valid = mask.bool()
-    # Zero the log-ratio on padding first, so padding garbage cannot make nan gradients.
-    log_ratio = _zero_padding(logp - old_logp.detach(), valid)
-    ratio = torch.exp(log_ratio)
-    adv = _zero_padding(advantages.detach().to(ratio.dtype), valid)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    per_token = _zero_padding(-torch.minimum(unclipped, clipped), valid)
-
-    with torch.no_grad():
-        binds = valid & (clipped < unclipped)
-        stats = {
-            "clip_frac": _masked_mean(binds.to(ratio.dtype), valid),
-            "clip_frac_low": _masked_mean((binds & (ratio < 1.0 - eps_low)).to(ratio.dtype), valid),
-            "clip_frac_high": _masked_mean((binds & (ratio > 1.0 + eps_high)).to(ratio.dtype), valid),
-            "ratio_mean": _masked_mean(ratio, valid),
-            # ρ > 0, so zeros on padding never win the max; an empty batch gives 0.
-            "ratio_max": _zero_padding(ratio, valid).max() if ratio.numel() else ratio.new_zeros(()),
-            "approx_kl": _masked_mean(ratio - 1.0 - log_ratio, valid),
-        }
-    return per_token, {k: v.detach() for k, v in stats.items()}
+    if old_logp is None:
+        raise ValueError("the k3+ KL estimator needs old_logp (log π_old, the sampling policy)")
+    ratio = torch.exp(torch.clamp(logp - old_logp.detach(), -20.0, 20.0))
+    return ratio * kl_k3(logp, ref_logp)
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
+@dataclass(frozen=True)
+class LossScale:
+    """The denominators of the loss aggregations, counted over the whole minibatch.
+
+    A minibatch split into micro-batches (or left partly out of the backward, or spread
+    over ranks) must give the gradient of one backward over all of it. Each aggregation
+    is a sum of per-token terms over one denominator; when every micro-batch divides
+    its own sum by the *minibatch's* counts, the micro-batch losses add up to the
+    minibatch loss exactly, and so do their gradients.
+
+    - ``num_seqs``: completions in the minibatch (rows left out of the backward included);
+    - ``num_tokens``: valid (loss-mask) tokens in those completions;
+    - ``max_len``: the generation limit, the constant of ``seq-mean-token-sum-norm``.
+
+    ``None`` means "this batch's own count" (one backward over the whole minibatch).
+    """
+
+    num_seqs: float | None = None
+    num_tokens: float | None = None
+    max_len: int | None = None
+
+    @staticmethod
+    def of(mask: Tensor, max_len: int | None = None) -> "LossScale":
+        """The counts of a whole minibatch given its ``[N, T]`` loss mask."""
+        return LossScale(float(mask.shape[0]), float(mask.bool().sum()), max_len)
+
+
+def _per_seq_sum(per_token: Tensor, valid: Tensor) -> Tensor:
+    return _zero_padding(per_token, valid).sum(dim=1)
+
+
+def _over(total: Tensor, count: float | Tensor) -> Tensor:
+    """``total / count``, and 0 (not nan) when the count is 0."""
+    count = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    return total / count.clamp(min=1)
+
+
 @register_loss_aggregation("seq-mean-token-mean")
-def seq_mean_token_mean(per_token: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
+def seq_mean_token_mean(per_token: Tensor, mask: Tensor, scale: LossScale = LossScale()) -> Tensor:
     """``L = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}`` (DeepSeekMath): mean over each completion's
-    tokens, then over the N completions. A completion with no valid token contributes
-    0 and still counts in N. ``max_len`` is unused."""
+    tokens, then over the N (``scale.num_seqs``) completions. A completion with no valid
+    token contributes 0 and still counts in N."""
     valid = mask.bool()
-    per_seq = _zero_padding(per_token, valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
-    return per_seq.mean() if per_seq.numel() else per_token.new_zeros(())
+    per_seq = _per_seq_sum(per_token, valid) / valid.sum(dim=1).clamp(min=1)
+    return _over(per_seq.sum(), per_token.shape[0] if scale.num_seqs is None else scale.num_seqs)
 
 
 @register_loss_aggregation("token-mean")
-def token_mean(per_token: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
-    """``L = Σ_i Σ_t ℓ_{i,t} / Σ_i |o_i|`` (DAPO): every valid token of the batch weighs
-    the same. No valid token at all gives 0. ``max_len`` is unused."""
-    return _masked_mean(per_token, mask.bool())
+def token_mean(per_token: Tensor, mask: Tensor, scale: LossScale = LossScale()) -> Tensor:
+    """``L = Σ_i Σ_t ℓ_{i,t} / Σ_i |o_i|`` (DAPO): every valid token of the minibatch weighs
+    the same; the denominator is ``scale.num_tokens``. No valid token at all gives 0."""
+    valid = mask.bool()
+    total = _zero_padding(per_token, valid).sum()
+    return _over(total, valid.sum() if scale.num_tokens is None else scale.num_tokens)
+
+
+@register_loss_aggregation("seq-mean-token-sum")
+def seq_mean_token_sum(per_token: Tensor, mask: Tensor, scale: LossScale = LossScale()) -> Tensor:
+    """``L = (1/N) Σ_i Σ_t ℓ_{i,t}``: each completion's token sum, then the mean over the N
+    completions (veRL's ``seq-mean-token-sum``; with GSPO it is TRL's ``luspo``, which
+    weighs each sequence's loss by its length)."""
+    return _over(_per_seq_sum(per_token, mask.bool()).sum(),
+                 per_token.shape[0] if scale.num_seqs is None else scale.num_seqs)
 
 
 @register_loss_aggregation("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(per_token: Tensor, mask: Tensor, max_len: int | None = None) -> Tensor:
+def seq_mean_token_sum_norm(per_token: Tensor, mask: Tensor, scale: LossScale = LossScale()) -> Tensor:
     """``L = (1/N) Σ_i Σ_t ℓ_{i,t} / max_len`` (Dr. GRPO): each completion's token sum
-    over a constant (the generation limit), then the mean over the N completions.
-    ``max_len`` is required; it must be ≥ the row length T so no completion is longer."""
+    over a constant (the generation limit ``scale.max_len``), then the mean over the N
+    completions. ``max_len`` is required; it must be ≥ the row length T so no completion
+    is longer."""
+    max_len = scale.max_len
     if max_len is None or isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(
             "loss aggregation 'seq-mean-token-sum-norm' needs max_len, a positive int (the "
@@ -241,63 +272,18 @@ def seq_mean_token_sum_norm(per_token: Tensor, mask: Tensor, max_len: int | None
             f"rows have T={per_token.shape[1]} positions, more than max_len={max_len}; "
             "max_len must be the longest possible completion"
         )
-    per_seq = _zero_padding(per_token, mask.bool()).sum(dim=1) / max_len
-    return per_seq.mean() if per_seq.numel() else per_token.new_zeros(())
+    return seq_mean_token_sum(per_token, mask, scale) / max_len
 
 
 def aggregate_loss(
-    per_token: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean", max_len: int | None = None
+    per_token: Tensor, mask: Tensor, mode: str = "seq-mean-token-mean", scale: LossScale = LossScale()
 ) -> Tensor:
     """Reduce a per-token loss ``[N, T]`` to a scalar with the aggregation ``mode`` from
-    :data:`LOSS_AGGREGATIONS` (formulas in each one's docstring). Padding never counts;
-    completions with zero valid tokens never produce ``nan``."""
+    :data:`LOSS_AGGREGATIONS` (formulas in each one's docstring), over the denominators
+    of ``scale``. Padding never counts; completions with zero valid tokens never produce
+    ``nan``."""
     check_same_2d_shape(per_token=per_token, mask=mask)
-    return get_loss_aggregation(mode)(per_token, mask, max_len)
-
-
-def grpo_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    ref_logp: Tensor | None,
-    advantages: Tensor,
-    mask: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    beta: float = 0.04,
-    kl_estimator: str | KLEstimator = "k3",
-    loss_agg: str = "seq-mean-token-mean",
-    max_len: int | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The GRPO objective: the clipped surrogate plus β times the KL to the reference.
-
-    ``ℓ_{i,t} = −min(ρ_{i,t} Â_{i,t}, clip(ρ_{i,t}, 1−ε_low, 1+ε_high) Â_{i,t}) + β · KL_{i,t}``,
-    aggregated with ``loss_agg`` (see :func:`aggregate_loss`). ``KL_{i,t}`` is the named
-    (or given) estimator of :data:`KL_ESTIMATORS` on ``(logp, ref_logp)``; ``ref_logp``
-    is detached.
-
-    With ``ref_logp=None`` or ``beta=0`` there is no KL term. Returns ``(loss, stats)``:
-    the stats of :func:`clipped_policy_loss` plus ``pg_loss`` (the aggregated surrogate
-    alone) and, whenever ``ref_logp`` is given, ``kl`` (mean over valid tokens).
-    """
-    if float(beta) < 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
-    if float(beta) > 0 and ref_logp is None:
-        raise ValueError("beta > 0 needs ref_logp (the reference log-probs); pass beta=0 to train without a KL term")
-    estimator = get_kl_estimator(kl_estimator) if isinstance(kl_estimator, str) else kl_estimator
-    aggregate = get_loss_aggregation(loss_agg)  # fail on a bad name before any math
-
-    per_token, stats = clipped_policy_loss(logp, old_logp, advantages, mask, eps_low, eps_high)
-    valid = mask.bool()
-    stats["pg_loss"] = aggregate(per_token, mask, max_len).detach()
-    if ref_logp is not None:
-        check_same_2d_shape(logp=logp, ref_logp=ref_logp)
-        # Zero the inputs on padding too: exp() of padding garbage would put nan in the gradient.
-        kl = estimator(_zero_padding(logp, valid), _zero_padding(ref_logp.detach().to(logp.dtype), valid))
-        kl = _zero_padding(kl, valid)
-        stats["kl"] = _masked_mean(kl, valid).detach()
-        if float(beta) > 0:
-            per_token = per_token + float(beta) * kl
-    return aggregate(per_token, mask, max_len), stats
+    return get_loss_aggregation(mode)(per_token, mask, scale)
 
 
 # --------------------------------------------------------------------------- value loss

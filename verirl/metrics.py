@@ -21,25 +21,44 @@ def peak_rss_mb() -> float:
 
 
 class UpdateStats:
-    """Loss statistics over the micro-batches of an update: :meth:`add` each
-    micro-batch's dict of scalars; :meth:`means` gives each key's mean over the
-    micro-batches, except ``ratio_max``, which is the max."""
+    """Loss statistics over the micro-batches of an update.
+
+    :meth:`add` each micro-batch's dict of scalars and call :meth:`end_minibatch` after
+    each optimizer step. :meth:`means` gives, for the additive keys (:data:`ADDITIVE`:
+    losses aggregated over the whole minibatch's denominators, whose micro-batch parts
+    add up to the minibatch's loss), the mean over minibatches of their sum; for every
+    other key the mean over micro-batches; ``ratio_max`` is the max.
+    """
+
+    ADDITIVE = frozenset({"loss", "pg_loss", "value_loss", "entropy_bonus"})
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.ratio_max = 0.0
+        self.minibatches = 0
+        self._minibatch: dict[str, float] = {}
+        self._totals: dict[str, float] = {}
 
     def add(self, stats: dict[str, Any]) -> None:
         for key, value in stats.items():
             if key == "ratio_max":
                 self.ratio_max = max(self.ratio_max, float(value))
+            elif key in self.ADDITIVE:
+                self._minibatch[key] = self._minibatch.get(key, 0.0) + float(value)
             else:
                 self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.count += 1
 
+    def end_minibatch(self) -> None:
+        for key, value in self._minibatch.items():
+            self._totals[key] = self._totals.get(key, 0.0) + value
+        self._minibatch = {}
+        self.minibatches += 1
+
     def means(self) -> dict[str, float]:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        out.update({k: v / max(self.minibatches, 1) for k, v in self._totals.items()})
         out["ratio_max"] = self.ratio_max
         return out
 

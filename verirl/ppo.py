@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from verirl import advantages as adv_fns
 from verirl import losses
+from verirl.batching import chunks, minibatches
 from verirl.critic import Critic, SharedValueHead, build_critic
+from verirl.losses import LossScale
 from verirl.metrics import UpdateStats
 from verirl.models import _takes_logits_to_keep, completion_logits, sequence_inputs
+from verirl.optim import build_optimizer
+from verirl.policy_losses import PolicyLossParams, get_policy_loss, token_filter_weights
 from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
 
 # --------------------------------------------------------------------------- pure math
@@ -77,45 +81,56 @@ def ppo_loss(
     entropy: Tensor,
     mask: Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    policy_loss: str = "vanilla",
+    params: PolicyLossParams = PolicyLossParams(),
     vf_coef: float = 0.5,
     ent_coef: float = 0.0,
     vf_clip: float | None = 0.2,
     loss_agg: str = "seq-mean-token-mean",
-    max_len: int | None = None,
+    scale: LossScale = LossScale(),
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO objective: ``L = L_policy + c1 · L_V − c2 · H``.
 
-    - ``L_policy``: the clipped surrogate per token (:func:`verirl.losses.clipped_policy_loss`);
+    - ``L_policy``: the policy loss ``policy_loss`` of
+      :data:`verirl.policy_losses.POLICY_LOSSES` per token (default the clipped surrogate),
+      times ``token_weights`` (the filters) when given;
     - ``L_V``: the clipped value loss with ``ε_v = vf_clip``, or the plain MSE when
       ``vf_clip is None`` (:func:`verirl.losses.clipped_value_loss`);
     - ``H``: the per-token entropy ``H[π_θ](s_t)`` (:func:`verirl.losses.entropy_from_logits`;
       pass it with gradient when ``c2 > 0``);
 
-    each term aggregated over tokens with ``loss_agg`` (:func:`verirl.losses.aggregate_loss`),
-    ``c1 = vf_coef``, ``c2 = ent_coef``. All inputs are ``[N, T]``; ``old_logp``,
-    ``advantages``, ``old_values`` and ``returns`` are constants of the update.
+    each term aggregated over tokens with ``loss_agg`` over the denominators of ``scale``
+    (:func:`verirl.losses.aggregate_loss`), ``c1 = vf_coef``, ``c2 = ent_coef``. All inputs
+    are ``[N, T]``; ``old_logp``, ``advantages``, ``old_values`` and ``returns`` are
+    constants of the update.
 
     Returns ``(loss, stats)``: the policy-loss stats (``clip_frac``, ``ratio_mean``, ...),
-    ``pg_loss``, ``value_loss``, ``vf_clip_frac``, ``entropy`` (detached 0-d tensors).
+    ``pg_loss``, ``value_loss``, ``vf_clip_frac``, ``entropy`` (mean over valid tokens)
+    and, with ``c2 > 0``, ``entropy_bonus`` (the aggregated ``H``); detached 0-d tensors.
     """
     if vf_coef < 0 or ent_coef < 0:
         raise ValueError(f"vf_coef and ent_coef must be >= 0, got {vf_coef!r}, {ent_coef!r}")
     if vf_clip is not None and vf_clip < 0:
         raise ValueError(f"vf_clip must be >= 0 or None (plain MSE), got {vf_clip!r}")
     aggregate = losses.get_loss_aggregation(loss_agg)
-    pg_tokens, stats = losses.clipped_policy_loss(logp, old_logp, advantages, mask, eps_low, eps_high)
+    pg_tokens, stats = get_policy_loss(policy_loss)(logp, old_logp, advantages, mask, params)
+    if token_weights is not None:
+        pg_tokens = pg_tokens * token_weights.to(pg_tokens.dtype)
     vf_tokens, vf_stats = losses.clipped_value_loss(
         values, old_values, returns, mask, 0.0 if vf_clip is None else vf_clip, clip=vf_clip is not None
     )
     valid = mask.bool()
     ent_tokens = torch.where(valid, entropy, torch.zeros((), dtype=entropy.dtype, device=entropy.device))
-    pg_loss = aggregate(pg_tokens, mask, max_len)
-    value_loss = aggregate(vf_tokens, mask, max_len)
-    ent = aggregate(ent_tokens, mask, max_len)
-    loss = pg_loss + vf_coef * value_loss - ent_coef * ent
-    stats.update(pg_loss=pg_loss.detach(), value_loss=value_loss.detach(), entropy=ent.detach(), **vf_stats)
+    pg_loss = aggregate(pg_tokens, mask, scale)
+    value_loss = aggregate(vf_tokens, mask, scale)
+    loss = pg_loss + vf_coef * value_loss
+    if ent_coef > 0:
+        bonus = aggregate(ent_tokens, mask, scale)
+        loss = loss - ent_coef * bonus
+        stats["entropy_bonus"] = bonus.detach()
+    stats.update(pg_loss=pg_loss.detach(), value_loss=value_loss.detach(), **vf_stats,
+                 entropy=(ent_tokens.detach().sum() / valid.sum().clamp(min=1)))
     return loss, stats
 
 
@@ -225,11 +240,6 @@ def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature:
     return logits, values
 
 
-def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
-    items = list(items)
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 # --------------------------------------------------------------------------- the PPO step
 
 
@@ -243,7 +253,7 @@ class PPO:
     def __init__(self, config: Any, policy: Any, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, checkpoint: Path | None = None):
         self.config = config
-        a, o, m = config.algo, config.optim, config.model
+        a, m = config.algo, config.model
         self.policy = policy
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -253,13 +263,8 @@ class PPO:
         )
         # The critic's own optimizer: in shared mode it holds only the head (the trunk is
         # the policy's, trained by the policy optimizer with the value loss's gradient too).
-        self.critic_optimizer = torch.optim.AdamW(
-            self.critic.parameters(), lr=a.critic_lr, betas=o.betas, weight_decay=o.weight_decay
-        )
-        warmup = o.warmup_steps
-        self.critic_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.critic_optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-        )
+        self.critic_optimizer, self.critic_scheduler = build_optimizer(self.critic.parameters(), a.critic_lr, config)
+        self.loss_params = PolicyLossParams.from_fields(a)
         self.kl_ctl = make_kl_controller(a.beta_r, a.target_kl, a.kl_horizon)
 
     # ---------------------------------------------------------------- state
@@ -293,7 +298,7 @@ class PPO:
         self.critic.eval()
         logps, values = [], []
         width = batch.completion_ids.shape[1]
-        for rows in _chunks(range(N), micro):
+        for rows in chunks(range(N), micro):
             # a micro-batch of short sequences pays only for its own columns; pad back to [n, T]
             part = trim_padding(select_rows(batch, rows))
             m = part.completion_mask
@@ -312,7 +317,8 @@ class PPO:
 
     # ---------------------------------------------------------------- one step
 
-    def step(self, batch: RolloutBatch, scores: Tensor, ref_logp: Tensor | None) -> dict[str, float]:
+    def step(self, batch: RolloutBatch, scores: Tensor, ref_logp: Tensor | None,
+             loss_mask: Tensor | None = None) -> dict[str, float]:
         """One PPO iteration on a scored rollout; returns its metrics.
 
         Args:
@@ -321,6 +327,7 @@ class PPO:
                 step's last token (process supervision).
             ref_logp: ``log π_ref`` ``[N, T]`` of the sampled tokens; required when
                 ``β_r > 0``.
+            loss_mask: the tokens the losses see (default: the completion mask).
         """
         c = self.config
         a = c.algo
@@ -355,12 +362,12 @@ class PPO:
             if ref_logp is not None:
                 log_ratio = torch.where(valid, old_logp - ref_logp, torch.zeros((), device=mask.device))
                 kl_seq = float(log_ratio.sum(-1).mean())
-                per_token_kl = losses.get_kl_estimator(a.kl_estimator)(old_logp, ref_logp)
+                per_token_kl = losses.get_kl_estimator(a.kl_estimator)(old_logp, ref_logp, old_logp)
                 rollout_stats["policy/kl"] = float(adv_fns.masked_mean(per_token_kl, valid))
             rollout_stats["ppo/kl_seq"] = kl_seq
 
         # 4. K epochs × shuffled minibatches
-        stats = self.update(batch, old_logp, old_values, advantages, returns)
+        stats = self.update(batch, old_logp, old_values, advantages, returns, loss_mask)
         stats.update(rollout_stats)
         stats.setdefault("policy/kl", 0.0)
 
@@ -370,56 +377,62 @@ class PPO:
         return stats
 
     def update(self, batch: RolloutBatch, old_logp: Tensor | None, old_values: Tensor, advantages: Tensor,
-               returns: Tensor) -> dict[str, float]:
+               returns: Tensor, loss_mask: Tensor | None = None) -> dict[str, float]:
         """K = ``algo.ppo_epochs`` passes of shuffled minibatches of :func:`ppo_loss`, AdamW
-        on the policy and the critic; stats averaged over micro-batches (ratio_max: max).
-        ``old_logp=None`` (one update per rollout only) uses ``log π_θ`` detached: ρ = 1."""
+        on the policy and the critic; stats of :class:`verirl.metrics.UpdateStats`.
+        ``old_logp=None`` (one update per rollout only) uses ``log π_θ`` detached: ρ = 1.
+        ``loss_mask`` (default: the completion mask) is the tokens the loss sees. Each
+        micro-batch's loss is divided by its whole minibatch's counts, so the accumulated
+        gradient does not depend on the micro-batch size."""
         c = self.config
         a, o = c.algo, c.optim
         N = batch.completion_ids.shape[0]
         minibatch = a.minibatch_size or N
         micro = a.micro_batch_size or minibatch
+        loss_mask = batch.completion_mask if loss_mask is None else loss_mask
         acc = UpdateStats()
         grad_norms: list[float] = []
         critic_grad_norms: list[float] = []
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         critic_params = [p for p in self.critic.parameters() if p.requires_grad]
-        for _ in range(a.ppo_epochs):
-            order = torch.randperm(N).tolist() if minibatch < N else list(range(N))
-            for mb in _chunks(order, minibatch):
-                self.optimizer.zero_grad(set_to_none=True)
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                for rows in _chunks(mb, micro):
-                    part = trim_padding(select_rows(batch, rows))
-                    idx = torch.as_tensor(rows, device=old_values.device)
-                    m = part.completion_mask
-                    T = m.shape[1]  # trimmed: completion column t keeps its index t
-                    logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature,
-                                                    share_prompts=c.model.share_prompt_forward)
-                    logp = losses.token_logprobs(logits, part.completion_ids)
-                    # The entropy bonus needs the entropy's gradient only when c2 > 0.
-                    if a.ent_coef > 0:
-                        entropy = losses.entropy_from_logits(logits)
-                    else:
-                        with torch.no_grad():
-                            entropy = losses.entropy_from_logits(logits.detach())
-                    old = logp.detach() if old_logp is None else old_logp[idx, :T]
-                    loss, stats = ppo_loss(
-                        logp, old, advantages[idx, :T], values, old_values[idx, :T], returns[idx, :T],
-                        entropy, m,
-                        eps_low=a.eps_low, eps_high=a.eps_high, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
-                        vf_clip=a.vf_clip, loss_agg=a.loss_agg, max_len=c.rollout.max_new_tokens,
-                    )
-                    (loss * len(rows) / len(mb)).backward()
-                    stats["loss"] = loss.detach()
-                    acc.add(stats)
-                if o.max_grad_norm > 0:
-                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy_params, o.max_grad_norm)))
-                    critic_grad_norms.append(float(torch.nn.utils.clip_grad_norm_(critic_params, o.max_grad_norm)))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.critic_optimizer.step()
-                self.critic_scheduler.step()
+        for mb in minibatches(N, minibatch, a.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            scale = LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            for rows in chunks(mb, micro):
+                part = trim_padding(select_rows(batch, rows))
+                idx = torch.as_tensor(rows, device=old_values.device)
+                T = part.completion_mask.shape[1]  # trimmed: completion column t keeps its index t
+                m = loss_mask[idx, :T]
+                logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature,
+                                                share_prompts=c.model.share_prompt_forward)
+                logp = losses.token_logprobs(logits, part.completion_ids)
+                # The entropy bonus needs the entropy's gradient only when c2 > 0.
+                if a.ent_coef > 0:
+                    entropy = losses.entropy_from_logits(logits)
+                else:
+                    with torch.no_grad():
+                        entropy = losses.entropy_from_logits(logits.detach())
+                old = logp.detach() if old_logp is None else old_logp[idx, :T]
+                adv = advantages[idx, :T]
+                weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
+                                                             a.top_entropy_quantile)
+                loss, stats = ppo_loss(
+                    logp, old, adv, values, old_values[idx, :T], returns[idx, :T], entropy, m,
+                    policy_loss=a.policy_loss, params=self.loss_params, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
+                    vf_clip=a.vf_clip, loss_agg=a.loss_agg, scale=scale, token_weights=weights,
+                )
+                loss.backward()
+                stats["loss"] = loss.detach()
+                acc.add({**stats, **filter_stats})
+            if o.max_grad_norm > 0:
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy_params, o.max_grad_norm)))
+                critic_grad_norms.append(float(torch.nn.utils.clip_grad_norm_(critic_params, o.max_grad_norm)))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.critic_optimizer.step()
+            self.critic_scheduler.step()
+            acc.end_minibatch()
         critic_keys = {"value_loss", "vf_clip_frac"}
         out = {(f"critic/{k}" if k in critic_keys else f"policy/{k}"): v for k, v in acc.means().items()}
         if grad_norms:

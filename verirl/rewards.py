@@ -129,6 +129,14 @@ class RewardBatch:
     seconds: float
 
 
+def _reduced(term: RewardTerm, score: Any) -> float:
+    if score is None:
+        return math.nan
+    if isinstance(score, list):
+        return REDUCERS[term.reduce]([s.reward for s in score])
+    return float(score)
+
+
 class RewardFunction:
     """Builds the configured verifiers once and scores batches of samples."""
 
@@ -165,11 +173,10 @@ class RewardFunction:
                 if result is None:
                     failures[term.name]["not_applicable"] += 1
                     continue
+                rewards[i] += term.weight * _reduced(term, result)
                 if isinstance(result, list):  # process steps
-                    rewards[i] += term.weight * REDUCERS[term.reduce]([s.reward for s in result])
                     steps[i].extend(Step(s.char_start, s.char_end, term.weight * s.reward) for s in result)
                 else:
-                    rewards[i] += term.weight * result
                     steps[i].append(Step(0, len(samples[i].completion), term.weight * result))
         for name, counts in failures.items():
             for kind, count in counts.items():
@@ -177,6 +184,15 @@ class RewardFunction:
         for s in steps:
             s.sort(key=lambda step: step.char_end)
         return RewardBatch(rewards, scores, steps, failures, time.perf_counter() - start)
+
+    def term_values(self, batch: RewardBatch) -> tuple[list[list[float]], list[float]]:
+        """Each sample's unweighted score per term, ``[N][K]`` (a process term reduced by
+        its ``reduce``; ``nan`` where the verifier said it does not apply), and the terms'
+        weights ``[K]``: the inputs of normalise-then-sum advantages (``gdpo``)."""
+        values = []
+        for row in batch.scores:
+            values.append([_reduced(term, row.get(term.name)) for term in self.terms])
+        return values, [term.weight for term in self.terms]
 
     def _run(self, term: RewardTerm, scorer: Callable, samples: Sequence[Sample]) -> list:
         """Call one verifier on the batch within its wall-clock bound.

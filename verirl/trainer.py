@@ -19,6 +19,7 @@ critic's values, the clipped policy + value + entropy loss).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import random
@@ -31,14 +32,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from verirl import advantages as adv_fns
 from verirl import losses
+from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator
+from verirl.batching import chunks, minibatches, rows_to_run
 from verirl.checkpoint import clean_partial, latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
-from verirl.config import Config, save_config
+from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
 from verirl.metrics import MetricsWriter, UpdateStats, peak_rss_mb
 from verirl.models import completion_logits, frozen_copy, load_causal_lm, load_tokenizer, pick_device
+from verirl.optim import build_optimizer
+from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weights
 from verirl.ppo import PPO
 from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
 from verirl.rollout import make_engine
@@ -60,6 +64,7 @@ class Rollout:
     resample_rounds: int
     rollout_s: float
     reward_s: float
+    baseline: list[float] | None = None  # remax: each completion's greedy-rollout reward of its prompt
 
 
 def seed_everything(seed: int) -> None:
@@ -137,14 +142,9 @@ class Trainer:
         self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size,
                                   share_prompts=c.model.share_prompt_forward)
 
-        o = c.optim
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-        )
-        warmup = o.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model.parameters(), c.optim.lr, c)
+        self.estimator = c.algo.estimator()
+        self.loss_params = PolicyLossParams.from_fields(c.algo)
         # PPO: the critic, its optimizer and the KL controller (a resumed run loads the critic here)
         self.ppo = PPO(c, self.model, self.optimizer, self.scheduler, checkpoint) if c.algo.name == "ppo" else None
         self.step = 0
@@ -217,7 +217,7 @@ class Trainer:
             stats, update_s = self._grpo_update(batch, rollout, rewards)
 
         if c.algo.ref_reset_every and self.ref_model is not None and (self.step + 1) % c.algo.ref_reset_every == 0:
-            self.ref_model.load_state_dict(self.model.state_dict())  # iterative GRPO: π_ref ← π_θ
+            sync_reference(self.ref_model, self.model, c.algo.ref_mixup_alpha)
 
         # 6. metrics
         N = mask.shape[0]
@@ -248,6 +248,8 @@ class Trainer:
             "perf/step_s": time.perf_counter() - start,
             "mem/peak_rss_mb": peak_rss_mb(),
         })
+        if rollout.baseline is not None:
+            metrics["rollout/baseline_reward"] = sum(rollout.baseline) / len(rollout.baseline)
         if torch.cuda.is_available() and self.device.type == "cuda":
             metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self._log_samples(rollout)
@@ -257,15 +259,8 @@ class Trainer:
         """GRPO's steps 3-5 on a scored rollout; returns ``(stats, update seconds)``."""
         c = self.config
         mask = batch.completion_mask
-        G = c.rollout.group_size
-
-        # 3. advantages [N, T]
-        if c.algo.reward_mode == "outcome":
-            seq_adv, _ = adv_fns.group_normalized_advantages(rewards, G, c.algo.scale, c.algo.eps_std)
-            advantages = adv_fns.broadcast_to_tokens(seq_adv, mask)
-        else:
-            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
-            advantages = adv_fns.process_advantages(step_rewards, step_mask, mask, G, c.algo.eps_std)
+        # 3. advantages [N, T] from the configured estimator
+        advantages = self.advantages(batch, rollout, rewards)
 
         # 4. stored log-probs: π_old (trainer's recomputation) and π_ref
         update_start = time.perf_counter()
@@ -276,8 +271,33 @@ class Trainer:
         ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
 
         # 5. μ epochs × minibatches
-        stats = self.update(batch, advantages, old_logp, ref_logp)
+        stats = self.update(batch, advantages, old_logp, ref_logp, self.loss_mask(batch))
         return stats, time.perf_counter() - update_start
+
+    def advantages(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
+        """``Â`` ``[N, T]`` by the estimator ``algo.advantage`` selects (its process variant
+        in process mode), given the inputs it reads."""
+        a = self.config.algo
+        mask = batch.completion_mask
+        inputs = AdvantageInputs(rewards, mask, self.config.rollout.group_size, a.eps_std, a.scale, a.gamma)
+        if self.estimator in PROCESS_ESTIMATORS:
+            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
+            inputs = dataclasses.replace(inputs, step_rewards=step_rewards, step_mask=step_mask)
+        elif self.estimator == "remax":
+            inputs = dataclasses.replace(inputs, baseline=torch.tensor(rollout.baseline, device=self.device))
+        elif self.estimator == "gdpo":
+            values, weights = self.reward_fn.term_values(rollout.rewards)
+            inputs = dataclasses.replace(inputs, term_rewards=torch.tensor(values, device=self.device),
+                                         term_weights=torch.tensor(weights, device=self.device))
+        return get_advantage_estimator(self.estimator)(inputs)
+
+    def loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
+        """The tokens the loss sees: the completion tokens, less those of completions cut
+        off at ``max_new_tokens`` when ``algo.mask_truncated`` (DAPO's overlong filtering)."""
+        mask = batch.completion_mask
+        if not self.config.algo.mask_truncated:
+            return mask
+        return mask * batch.finished.to(mask.dtype).unsqueeze(1)
 
     def _ppo_update(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> tuple[dict[str, float], float]:
         """PPO's steps 3-5 (:meth:`verirl.ppo.PPO.step`); returns ``(stats, update seconds)``."""
@@ -285,7 +305,7 @@ class Trainer:
         # outcome: R_i on the last token; process: each step's reward on its last token
         scores = rewards if self.config.algo.reward_mode == "outcome" else self.place_steps(batch, rollout.rewards.steps)[0]
         ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
-        stats = self.ppo.step(batch, scores, ref_logp)
+        stats = self.ppo.step(batch, scores, ref_logp, self.loss_mask(batch))
         return stats, time.perf_counter() - update_start
 
     def rollout(self) -> Rollout:
@@ -306,11 +326,7 @@ class Trainer:
             t0 = time.perf_counter()
             batch = self.engine.generate(prompts, sampling)
             rollout_s += time.perf_counter() - t0
-            samples = [
-                Sample(prompt=prompts[i // G], completion=text, answer=problems[i // G].answer,
-                       row=problems[i // G].row, num_tokens=int(batch.num_tokens[i]), max_tokens=c.rollout.max_new_tokens)
-                for i, text in enumerate(batch.texts)
-            ]
+            samples = self._samples(prompts, problems, batch, G)
             scored = self.reward_fn(samples)
             reward_s += scored.seconds
             for name, counts in scored.failures.items():
@@ -336,8 +352,31 @@ class Trainer:
             rounds += 1
         batch = concat_batches([k[0] for k in kept], self.tokenizer.pad_token_id)
         rewards = _concat_rewards([k[3] for k in kept], failures)
-        return Rollout(batch, [k[1] for k in kept], [s for k in kept for s in k[2]], rewards,
-                       first_zero_frac, rounds, rollout_s, reward_s)
+        problems = [k[1] for k in kept]
+        baseline = None
+        if self.estimator == "remax":
+            t0 = time.perf_counter()
+            baseline = self.greedy_baseline(problems)
+            rollout_s += time.perf_counter() - t0
+        return Rollout(batch, problems, [s for k in kept for s in k[2]], rewards,
+                       first_zero_frac, rounds, rollout_s, reward_s, baseline)
+
+    def greedy_baseline(self, problems: list[Problem]) -> list[float]:
+        """ReMax's baseline: the reward of each prompt's greedy completion, repeated on the
+        G rows of its group."""
+        c = self.config
+        prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in problems]
+        greedy = self.engine.generate(prompts, SamplingConfig(1, c.rollout.max_new_tokens, 0.0, 1.0))
+        scored = self.reward_fn(self._samples(prompts, problems, greedy, 1))
+        return [r for r in scored.rewards for _ in range(c.rollout.group_size)]
+
+    def _samples(self, prompts: list[str], problems: list[Problem], batch: RolloutBatch, n: int) -> list[Sample]:
+        """The verifiers' view of a rollout of ``n`` completions per prompt."""
+        return [
+            Sample(prompt=prompts[i // n], completion=text, answer=problems[i // n].answer, row=problems[i // n].row,
+                   num_tokens=int(batch.num_tokens[i]), max_tokens=self.config.rollout.max_new_tokens)
+            for i, text in enumerate(batch.texts)
+        ]
 
     def place_steps(self, batch: RolloutBatch, steps: list[list[Step]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense ``[N, T]`` step rewards at each step's last token, and the step mask.
@@ -362,7 +401,7 @@ class Trainer:
         model.eval()
         out = []
         micro = self.config.algo.micro_batch_size or self.config.algo.minibatch_size or batch.completion_ids.shape[0]
-        for rows in _chunks(range(batch.completion_ids.shape[0]), micro):
+        for rows in chunks(range(batch.completion_ids.shape[0]), micro):
             part = trim_padding(select_rows(batch, rows))
             logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
                                        part.completion_mask, self.config.rollout.temperature,
@@ -373,9 +412,14 @@ class Trainer:
         return torch.cat(out)
 
     def update(self, batch: RolloutBatch, advantages: torch.Tensor, old_logp: torch.Tensor | None,
-               ref_logp: torch.Tensor | None) -> dict[str, float]:
-        """μ epochs over shuffled minibatches of the clipped GRPO loss; returns the stats
-        averaged over micro-batches (``policy/ratio_max`` is the max)."""
+               ref_logp: torch.Tensor | None, loss_mask: torch.Tensor) -> dict[str, float]:
+        """μ epochs over shuffled minibatches of the GRPO objective
+        (:func:`verirl.policy_losses.grpo_loss`); returns the stats of :class:`UpdateStats`.
+
+        Each micro-batch's loss is divided by the counts of its whole minibatch
+        (:class:`verirl.losses.LossScale`), so the accumulated gradient is that of one
+        backward over the minibatch, however it is split and whichever rows are skipped.
+        """
         c = self.config
         a = c.algo
         N = batch.completion_ids.shape[0]
@@ -383,47 +427,55 @@ class Trainer:
         micro = a.micro_batch_size or minibatch
         acc = UpdateStats()
         grad_norms = []
-        # With one minibatch and no KL term, a completion whose advantages are all zero
-        # (an all-equal group) adds exactly nothing to the loss or its gradient: leave it
-        # out of the forward/backward, and keep each micro-batch's weight relative to the
-        # full minibatch so the gradient is unchanged. policy/* stats then cover the
-        # completions that were updated.
+        # With one minibatch and no term that a zero advantage leaves standing (KL, entropy
+        # bonus, a token selection across rows), a completion whose advantages are all
+        # zero adds exactly nothing to the loss or its gradient: leave it out of the
+        # forward/backward. The minibatch's counts still include it. policy/* stats then
+        # cover the completions that were updated.
         carries_signal = (advantages != 0).any(-1).tolist()
-        skip_zero = a.skip_zero_advantage and minibatch == N and ref_logp is None
-        for _ in range(a.ppo_epochs):
-            order = torch.randperm(N).tolist() if minibatch < N else list(range(N))
-            for mb in _chunks(order, minibatch):
-                self.optimizer.zero_grad(set_to_none=True)
-                kept = ([i for i in mb if carries_signal[i]] or mb[:1]) if skip_zero else mb
-                for rows in _chunks(kept, micro):
-                    part = trim_padding(select_rows(batch, rows))
-                    idx = torch.as_tensor(rows, device=self.device)
-                    m = part.completion_mask
-                    T = m.shape[1]
-                    logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask,
-                                               part.completion_ids, m, c.rollout.temperature,
-                                               share_prompts=c.model.share_prompt_forward)
-                    logp = losses.token_logprobs(logits, part.completion_ids)
-                    old = logp.detach() if old_logp is None else old_logp[idx, :T]
-                    loss, stats = losses.grpo_loss(
-                        logp, old, None if ref_logp is None else ref_logp[idx, :T], advantages[idx, :T], m,
-                        a.eps_low, a.eps_high, a.beta if ref_logp is not None else 0.0,
-                        a.kl_estimator, a.loss_agg, c.rollout.max_new_tokens,
-                    )
-                    (loss * len(rows) / len(mb)).backward()  # micro-batch weight within the full minibatch
-                    with torch.no_grad():
-                        entropy = losses.entropy_from_logits(logits.detach())
-                        stats["entropy"] = (entropy * m).sum() / m.sum().clamp(min=1)
-                    stats["loss"] = loss.detach()
-                    acc.add(stats)
-                if c.optim.max_grad_norm > 0:
-                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)))
-                self.optimizer.step()
-                self.scheduler.step()
+        skip_zero = (a.skip_zero_advantage and minibatch == N and ref_logp is None and a.ent_coef == 0
+                     and a.policy_loss not in BATCH_COUPLED_LOSSES and a.top_entropy_quantile == 1)
+        for mb in minibatches(N, minibatch, a.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            scale = losses.LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            for rows in chunks(rows_to_run(mb, carries_signal, skip_zero), micro):
+                part = trim_padding(select_rows(batch, rows))
+                idx = torch.as_tensor(rows, device=self.device)
+                T = part.completion_mask.shape[1]
+                m = loss_mask[idx, :T]
+                logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                           part.completion_mask, c.rollout.temperature,
+                                           share_prompts=c.model.share_prompt_forward)
+                logp = losses.token_logprobs(logits, part.completion_ids)
+                old = logp.detach() if old_logp is None else old_logp[idx, :T]
+                adv = advantages[idx, :T]
+                entropy = _entropy(logits, with_grad=a.ent_coef > 0)
+                weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
+                                                             a.top_entropy_quantile)
+                loss, stats = grpo_loss(
+                    logp, old, None if ref_logp is None else ref_logp[idx, :T], adv, m,
+                    policy_loss=a.policy_loss, params=self.loss_params,
+                    beta=a.beta if ref_logp is not None else 0.0, kl_estimator=a.kl_estimator,
+                    loss_agg=a.loss_agg, scale=scale, token_weights=weights,
+                    entropy=entropy if a.ent_coef > 0 else None, ent_coef=a.ent_coef,
+                )
+                loss.backward()
+                with torch.no_grad():
+                    cm = part.completion_mask
+                    stats["entropy"] = (entropy.detach() * cm).sum() / cm.sum().clamp(min=1)
+                stats["loss"] = loss.detach()
+                acc.add({**stats, **filter_stats})
+            if c.optim.max_grad_norm > 0:
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)))
+            self.optimizer.step()
+            self.scheduler.step()
+            acc.end_minibatch()
         out = {f"policy/{k}": v for k, v in acc.means().items()}
         if grad_norms:
             out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out.setdefault("policy/kl", 0.0)
+        if a.mask_truncated:
+            out["filter/truncated_frac"] = 1.0 - float(batch.finished.float().mean())
         return out
 
     # ------------------------------------------------------------------ eval, checkpoints
@@ -487,9 +539,25 @@ class Trainer:
 # ---------------------------------------------------------------------- helpers
 
 
-def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
-    items = list(items)
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _entropy(logits: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    """Per-token entropy of π_θ ``[n, T]``; with its gradient only when a loss term needs it."""
+    if with_grad:
+        return losses.entropy_from_logits(logits)
+    with torch.no_grad():
+        return losses.entropy_from_logits(logits.detach())
+
+
+@torch.no_grad()
+def sync_reference(ref_model: Any, model: Any, alpha: float) -> None:
+    """Reference sync: ``π_ref ← α·π_θ + (1 − α)·π_ref`` on every weight (TR-DPO's mix-up,
+    arXiv 2404.09656); ``α = 1`` is iterative GRPO's hard reset ``π_ref ← π_θ``."""
+    ref_params = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        target = ref_params[name]
+        if alpha == 1.0:
+            target.copy_(p)
+        else:
+            target.mul_(1.0 - alpha).add_(p.to(target.dtype), alpha=alpha)
 
 
 def _to_device(batch: RolloutBatch, device: torch.device) -> RolloutBatch:

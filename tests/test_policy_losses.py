@@ -1,0 +1,333 @@
+"""The policy losses and token filters against plain Python loops, gradients, and the
+formulas of TRL and veRL read off their documentation (conventions noted where they differ)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from verirl.losses import LossScale, aggregate_loss
+from verirl.policy_losses import (
+    POLICY_LOSSES,
+    PolicyLossParams,
+    get_policy_loss,
+    grpo_loss,
+    off_policy_sequence_mask,
+    token_filter_weights,
+    top_entropy_mask,
+)
+
+SEEDS = [0, 1, 2, 3]
+
+
+def _mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.tensor([[1 if j < n else 0 for j in range(t)] for n in lengths], dtype=torch.long)
+
+
+def _case(seed: int, spread: float = 0.8):
+    """Random log-probs with ratios far outside the clip range, padding full of garbage."""
+    rng = random.Random(seed)
+    n, t = rng.randint(3, 6), rng.randint(2, 7)
+    lengths = [t] + [rng.randint(1, t) for _ in range(n - 1)]
+    mask = _mask(lengths, t)
+    old = torch.tensor([[rng.uniform(-4, -0.1) for _ in range(t)] for _ in range(n)], dtype=torch.float64)
+    logp = old + torch.tensor([[rng.uniform(-spread, spread) for _ in range(t)] for _ in range(n)],
+                              dtype=torch.float64)
+    adv = torch.tensor([[rng.uniform(-2, 2) for _ in range(t)] for _ in range(n)], dtype=torch.float64)
+    garbage = ~mask.bool()
+    logp = torch.where(garbage, torch.tensor(float("nan"), dtype=torch.float64), logp).requires_grad_(True)
+    old = torch.where(garbage, torch.tensor(float("inf"), dtype=torch.float64), old)
+    return logp, old, adv, mask, lengths
+
+
+def _valid(lengths: list[int]):
+    return [(i, j) for i, n in enumerate(lengths) for j in range(n)]
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+def _check(per_token: torch.Tensor, want: dict[tuple[int, int], float], mask: torch.Tensor, tol: float = 1e-9):
+    for (i, j), w in want.items():
+        assert abs(per_token[i, j].item() - w) <= tol * (1 + abs(w)), ((i, j), per_token[i, j].item(), w)
+    assert bool((per_token[~mask.bool()] == 0).all())  # exactly 0 on padding, never nan
+
+
+# --------------------------------------------------------------------------- value loops
+
+
+def _token_reference(name: str, lp: float, old: float, a: float, p: PolicyLossParams) -> float:
+    rho = math.exp(lp - old)
+    lo, hi = 1 - p.eps_low, 1 + p.eps_high
+    if name == "vanilla":
+        return -min(rho * a, _clip(rho, lo, hi) * a)
+    if name == "dual_clip":
+        v = -min(rho * a, _clip(rho, lo, hi) * a)
+        return min(v, -p.dual_clip_c * a) if a < 0 else v
+    if name == "cispo":
+        return -_clip(rho, lo, hi) * a * lp
+    if name == "sapo":
+        tau = p.sapo_tau_pos if a > 0 else p.sapo_tau_neg
+        return -(1 / (1 + math.exp(-tau * (rho - 1)))) * 4 / tau * a
+    if name == "gpg":
+        return -a * lp
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("params", [PolicyLossParams(), PolicyLossParams(eps_low=0.1, eps_high=0.28, dual_clip_c=1.5,
+                                                                         sapo_tau_pos=2.0, sapo_tau_neg=3.0)])
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", ["vanilla", "dual_clip", "cispo", "sapo", "gpg"])
+def test_token_level_losses_match_loops(name: str, seed: int, params: PolicyLossParams) -> None:
+    logp, old, adv, mask, lengths = _case(seed)
+    per_token, stats = get_policy_loss(name)(logp, old, adv, mask, params)
+    want = {(i, j): _token_reference(name, logp[i, j].item(), old[i, j].item(), adv[i, j].item(), params)
+            for i, j in _valid(lengths)}
+    _check(per_token, want, mask)
+    per_token.sum().backward()
+    assert torch.isfinite(logp.grad).all() and bool((logp.grad[~mask.bool()] == 0).all())
+    ratios = [math.exp(logp[i, j].item() - old[i, j].item()) for i, j in _valid(lengths)]
+    assert stats["ratio_max"].item() == pytest.approx(max(ratios))
+    assert stats["approx_kl"].item() == pytest.approx(sum(r - 1 - math.log(r) for r in ratios) / len(ratios))
+    assert 0.0 <= stats["clip_frac"].item() <= 1.0
+
+
+def _seq_reference(name: str, logp, old, adv, lengths, p: PolicyLossParams) -> dict[tuple[int, int], float]:
+    want = {}
+    for i, n in enumerate(lengths):
+        lr = [logp[i, j].item() - old[i, j].item() for j in range(n)]
+        a = [adv[i, j].item() for j in range(n)]
+        if name == "gspo":
+            s = math.exp(min(sum(lr) / n, 10.0))
+            for j in range(n):
+                want[(i, j)] = -min(s * a[j], _clip(s, 1 - p.eps_low, 1 + p.eps_high) * a[j])
+        elif name == "gmpo":
+            kept = []
+            for x, aa in zip(lr, a):
+                sgn = (aa > 0) - (aa < 0)
+                kept.append(sgn * min(sgn * x, sgn * _clip(x, -p.eps_low, p.eps_high)))
+            loss = -(sum(a) / n) * math.exp(sum(kept) / n)
+            for j in range(n):
+                want[(i, j)] = loss
+        elif name == "vespo":
+            log_w = _clip(sum(_clip(x, -20, 20) for x in lr), math.log(1e-8), 20.0)
+            for j in range(n):
+                k, lam = (p.vespo_k_pos, p.vespo_lambda_pos) if a[j] >= 0 else (p.vespo_k_neg, p.vespo_lambda_neg)
+                phi = math.exp(lam + k * log_w - lam * math.exp(log_w))
+                want[(i, j)] = -phi * a[j] * logp[i, j].item()
+    return want
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", ["gspo", "gmpo", "vespo"])
+def test_sequence_level_losses_match_loops(name: str, seed: int) -> None:
+    logp, old, adv, mask, lengths = _case(seed, spread=0.3)
+    params = PolicyLossParams(eps_low=0.05, eps_high=0.08)
+    per_token, _ = get_policy_loss(name)(logp, old, adv, mask, params)
+    _check(per_token, _seq_reference(name, logp, old, adv, lengths, params), mask)
+
+
+def test_every_registered_loss_is_tested_here() -> None:
+    assert set(POLICY_LOSSES) == {"vanilla", "dual_clip", "cispo", "sapo", "gpg", "gspo", "gmpo", "vespo",
+                                  "clip_cov", "kl_cov"}
+
+
+# --------------------------------------------------------------------------- gradients that define a loss
+
+
+def test_gspo_gradient_is_the_sequence_objectives_gradient() -> None:
+    """GSPO-token with a per-sequence advantage, aggregated seq-mean-token-mean, has the
+    gradient of GSPO's own objective (1/N) Σ_i −min(s_i Â_i, clip(s_i) Â_i) with the true
+    s_i = exp(mean_t log ρ_{i,t})."""
+    logp, old, _, mask, lengths = _case(5, spread=0.1)
+    seq_adv = torch.tensor([1.0, -0.5, 2.0, -1.5, 0.7, -0.2][: mask.shape[0]], dtype=torch.float64)
+    adv = seq_adv.unsqueeze(1).expand_as(old) * mask
+    params = PolicyLossParams(eps_low=0.03, eps_high=0.04)
+    per_token, _ = get_policy_loss("gspo")(logp, old, adv, mask, params)
+    (g_token,) = torch.autograd.grad(aggregate_loss(per_token, mask), logp)
+    terms = []
+    for i, n in enumerate(lengths):
+        s = torch.exp((logp[i, :n] - old[i, :n]).sum() / n)
+        terms.append(-torch.minimum(s * seq_adv[i], torch.clamp(s, 1 - 0.03, 1 + 0.04) * seq_adv[i]))
+    (g_seq,) = torch.autograd.grad(torch.stack(terms).mean(), logp)
+    valid = mask.bool()
+    torch.testing.assert_close(g_token[valid], g_seq[valid])
+    assert g_token[valid].abs().max() > 0
+
+
+def test_cispo_keeps_a_bounded_gradient_on_every_token() -> None:
+    logp, old, adv, mask, lengths = _case(2)
+    per_token, stats = get_policy_loss("cispo")(logp, old, adv, mask, PolicyLossParams())
+    per_token.sum().backward()
+    for i, j in _valid(lengths):
+        w = _clip(math.exp(logp[i, j].item() - old[i, j].item()), 0.8, 1.2)
+        assert logp.grad[i, j].item() == pytest.approx(-w * adv[i, j].item())  # clipped tokens keep it too
+    assert stats["clip_frac"].item() > 0
+
+
+def test_sapo_is_the_policy_gradient_on_policy() -> None:
+    logp, _, adv, mask, lengths = _case(3)
+    per_token, _ = get_policy_loss("sapo")(logp, logp.detach(), adv, mask, PolicyLossParams(sapo_tau_neg=4.0))
+    per_token.sum().backward()
+    for i, j in _valid(lengths):
+        assert logp.grad[i, j].item() == pytest.approx(-adv[i, j].item())  # f'(1) = 1 for any τ
+
+
+def test_gmpo_clips_in_log_space() -> None:
+    # one sequence, Â = 1 on both tokens, log ρ = (0.5, −0.5), ε = 0.4 in log space:
+    # sgn = 1, l̃ = min(l, clip(l)) = (0.4, −0.5): loss = −1 · exp(−0.05)
+    logp = torch.tensor([[0.5, -0.5]], dtype=torch.float64)
+    per_token, stats = get_policy_loss("gmpo")(logp, torch.zeros_like(logp), torch.ones_like(logp),
+                                               torch.ones(1, 2), PolicyLossParams(eps_low=0.4, eps_high=0.4))
+    assert per_token[0].tolist() == pytest.approx([-math.exp(-0.05)] * 2)
+    assert stats["clip_frac"].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- covariance-selected tokens
+
+
+def _covariances(logp, adv, lengths):
+    cells = _valid(lengths)
+    ma = sum(adv[i, j].item() for i, j in cells) / len(cells)
+    ml = sum(logp[i, j].item() for i, j in cells) / len(cells)
+    return {(i, j): (adv[i, j].item() - ma) * (logp[i, j].item() - ml) for i, j in cells}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kl_cov_penalises_the_top_covariance_tokens(seed: int) -> None:
+    logp, old, adv, mask, lengths = _case(seed)
+    params = PolicyLossParams(cov_frac=0.25, kl_cov_coef=0.7)
+    per_token, stats = get_policy_loss("kl_cov")(logp, old, adv, mask, params)
+    cov = _covariances(logp, adv, lengths)
+    k = max(1, int(len(cov) * 0.25))
+    top = set(sorted(cov, key=cov.get, reverse=True)[:k])
+    want = {}
+    for i, j in cov:
+        lr = logp[i, j].item() - old[i, j].item()
+        want[(i, j)] = -math.exp(lr) * adv[i, j].item() + (0.7 * abs(lr) if (i, j) in top else 0.0)
+    _check(per_token, want, mask)
+    assert stats["kl_cov_frac"].item() == pytest.approx(k / len(cov))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_clip_cov_cuts_the_gradient_of_k_unclipped_tokens_in_the_covariance_band(seed: int) -> None:
+    logp, old, adv, mask, lengths = _case(seed, spread=0.15)
+    params = PolicyLossParams(cov_frac=0.2, clip_cov_lb=-10.0, clip_cov_ub=10.0)
+    torch.manual_seed(seed)
+    per_token, stats = get_policy_loss("clip_cov")(logp, old, adv, mask, params)
+    per_token.sum().backward()
+    cells = _valid(lengths)
+    clipped = {c for c in cells
+               if _clip(math.exp(logp[c].item() - old[c].item()), 0.8, 1.2) * adv[c].item()
+               < math.exp(logp[c].item() - old[c].item()) * adv[c].item()}
+    cut = {c for c in cells if c not in clipped and logp.grad[c].item() == 0.0 and adv[c].item() != 0}
+    candidates = [c for c in cells if c not in clipped]
+    assert len(cut) == min(max(1, int(0.2 * len(cells))), len(candidates))
+    for c in cells:
+        if c in cut:
+            assert per_token[c].item() == 0.0
+        else:
+            want = _token_reference("vanilla", logp[c].item(), old[c].item(), adv[c].item(), params)
+            assert per_token[c].item() == pytest.approx(want)
+    assert stats["cov_clip_frac"].item() == pytest.approx(len(cut) / len(cells))
+
+
+def test_clip_cov_takes_only_tokens_in_the_band() -> None:
+    logp, old, adv, mask, lengths = _case(1, spread=0.1)
+    cov = _covariances(logp, adv, lengths)
+    lb, ub = sorted(cov.values())[-3] - 1e-9, 1e9  # only the top 3 covariances are in the band
+    params = PolicyLossParams(cov_frac=1.0, clip_cov_lb=lb, clip_cov_ub=ub, eps_low=1.0, eps_high=10.0)
+    per_token, _ = get_policy_loss("clip_cov")(logp, old, adv, mask, params)
+    zeroed = {c for c in cov if per_token[c].item() == 0.0}
+    assert zeroed == {c for c, v in cov.items() if v > lb}
+
+
+# --------------------------------------------------------------------------- TRL's and veRL's conventions
+
+
+def test_trl_two_sided_delta_is_dual_clip_with_c_delta() -> None:
+    """TRL (INTELLECT-2) caps ρ at δ in the unclipped term: −min(min(ρ, δ)Â, clip(ρ)Â)."""
+    logp, old, adv, mask, lengths = _case(4, spread=2.0)
+    delta = 1.6
+    per_token, _ = get_policy_loss("dual_clip")(logp, old, adv, mask, PolicyLossParams(dual_clip_c=delta))
+    for i, j in _valid(lengths):
+        rho, a = math.exp(logp[i, j].item() - old[i, j].item()), adv[i, j].item()
+        assert per_token[i, j].item() == pytest.approx(-min(min(rho, delta) * a, _clip(rho, 0.8, 1.2) * a))
+
+
+def test_trl_cispo_upper_only_clip_is_eps_low_one() -> None:
+    """TRL's cispo weight is min(ρ, ε_max); here eps_low = 1, eps_high = ε_max − 1."""
+    logp, old, adv, mask, lengths = _case(6, spread=2.5)
+    per_token, _ = get_policy_loss("cispo")(logp, old, adv, mask, PolicyLossParams(eps_low=1.0, eps_high=4.0))
+    for i, j in _valid(lengths):
+        rho = math.exp(logp[i, j].item() - old[i, j].item())
+        assert per_token[i, j].item() == pytest.approx(-min(rho, 5.0) * adv[i, j].item() * logp[i, j].item())
+
+
+def test_verl_sapo_gate_by_hand() -> None:
+    # veRL/TRL: gate = sigmoid(τ(ρ − 1)) · 4/τ; at ρ = 1.5, τ = 1: σ(0.5)·4 = 2.4491866...
+    logp = torch.tensor([[math.log(1.5), math.log(1.5)]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    per_token, _ = get_policy_loss("sapo")(logp, torch.zeros_like(logp), adv, torch.ones(1, 2),
+                                           PolicyLossParams(sapo_tau_pos=1.0, sapo_tau_neg=2.0))
+    assert per_token[0, 0].item() == pytest.approx(-4 / (1 + math.exp(-0.5)))
+    assert per_token[0, 1].item() == pytest.approx(4 / (1 + math.exp(-1.0)) / 2.0)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_off_policy_sequence_mask_matches_loop(seed: int) -> None:
+    logp, old, adv, mask, lengths = _case(seed)
+    delta = 0.05
+    keep = off_policy_sequence_mask(logp.detach(), old, adv, mask, delta)
+    for i, n in enumerate(lengths):
+        kl = sum(old[i, j].item() - logp[i, j].item() for j in range(n)) / n
+        a = sum(adv[i, j].item() for j in range(n)) / n
+        assert keep[i, 0].item() == (0.0 if (a < 0 and kl > delta) else 1.0)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_top_entropy_mask_matches_numpy_quantile(seed: int, quantile: float) -> None:
+    rng = random.Random(seed)
+    lengths = [5, 3, 4]
+    mask = _mask(lengths, 5)
+    entropy = torch.tensor([[rng.uniform(0, 3) for _ in range(5)] for _ in range(3)])
+    keep = top_entropy_mask(entropy, mask, quantile)
+    values = [entropy[i, j].item() for i, j in _valid(lengths)]
+    threshold = np.quantile(np.array(values, dtype=np.float32), 1.0 - quantile)
+    for i in range(3):
+        for j in range(5):
+            want = 1.0 if (j < lengths[i] and (quantile == 1.0 or entropy[i, j].item() >= threshold - 1e-6)) else 0.0
+            assert keep[i, j].item() == want
+    if quantile == 0.0:
+        assert keep.sum().item() == 1.0  # only the highest
+
+
+def test_grpo_loss_composes_filters_kl_and_entropy_bonus() -> None:
+    logp, old, adv, mask, lengths = _case(7)
+    ref = old + 0.3
+    entropy = torch.rand(old.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    weights, fstats = token_filter_weights(logp, old, adv, mask, entropy, 0.01, 0.5)
+    assert weights is not None and {"off_policy_masked_frac", "entropy_kept_frac"} <= set(fstats)
+    beta, c = 0.1, 0.05
+    loss, stats = grpo_loss(logp, old, ref, adv, mask, policy_loss="dual_clip", beta=beta, kl_estimator="k3+",
+                            loss_agg="token-mean", token_weights=weights, entropy=entropy, ent_coef=c,
+                            scale=LossScale(num_tokens=100.0))
+    total = 0.0
+    for i, j in _valid(lengths):
+        lp, o = logp[i, j].item(), old[i, j].item()
+        pg = _token_reference("dual_clip", lp, o, adv[i, j].item(), PolicyLossParams())
+        x = ref[i, j].item() - lp
+        kl = math.exp(lp - o) * (math.exp(x) - x - 1)
+        total += weights[i, j].item() * pg + beta * kl - c * entropy[i, j].item()
+    assert loss.item() == pytest.approx(total / 100.0)
+    assert "entropy_bonus" in stats and "kl" in stats
+    assert token_filter_weights(logp, old, adv, mask, entropy, None, 1.0) == (None, {})

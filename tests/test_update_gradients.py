@@ -1,0 +1,146 @@
+"""The update's accumulated gradient equals one backward over the whole minibatch, for every
+aggregation × micro-batch size × skip setting × truncation filter, in GRPO and in PPO.
+
+The rollout is a real one from a tiny real model; its completions are cut to unequal
+lengths (the token-mean bug of issue 9 is invisible when every completion has the same
+length) and some rows get all-zero advantages (so skipping has rows to skip). The update
+runs with a zero-learning-rate SGD and no clipping, so after it the parameters' ``.grad``
+hold exactly the accumulated gradient; the reference is computed here, independently,
+with one forward and one backward over all rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verirl.config import LOSS_AGGREGATIONS, load_config
+from verirl.losses import token_logprobs
+from verirl.models import completion_logits
+from verirl.policy_losses import grpo_loss
+from verirl.ppo import policy_forward, ppo_loss
+from verirl.rollout.base import RolloutBatch
+from verirl.trainer import Trainer, _to_device
+
+N_PROMPTS, G = 3, 4
+
+
+@pytest.fixture(scope="module")
+def trainers(char_model, problems_file, tmp_path_factory):
+    built = {}
+    for name in ("grpo", "ppo"):
+        out = tmp_path_factory.mktemp(f"update-{name}")
+        config = load_config(None, [
+            f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
+            "data.prompt_template='Q: {question}\nA:'", f"train.output_dir={out}", "train.progress=false",
+            "train.tensorboard=false", f"rollout.prompts_per_step={N_PROMPTS}", f"rollout.group_size={G}",
+            "rollout.max_new_tokens=8", "algo.beta=0", "optim.max_grad_norm=0", f"algo.name={name}",
+            "algo.beta_r=0", "train.seed=3",
+        ])
+        trainer = Trainer(config)
+        trainer.optimizer, trainer.scheduler = _still(trainer.model)
+        if trainer.ppo is not None:
+            trainer.ppo.optimizer, trainer.ppo.scheduler = trainer.optimizer, trainer.scheduler
+            trainer.ppo.critic_optimizer, trainer.ppo.critic_scheduler = _still(trainer.ppo.critic)
+        torch.manual_seed(0)
+        built[name] = (trainer, ragged_rollout(trainer))
+    yield built
+    for trainer, _ in built.values():
+        trainer.close()
+
+
+def _still(module: torch.nn.Module):
+    """A real optimizer that leaves the weights where they are (so .grad can be read after)."""
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def ragged_rollout(trainer: Trainer) -> RolloutBatch:
+    """A real rollout whose completions are cut to lengths 1..8 (unfinished where cut at 8)."""
+    batch = _to_device(trainer.rollout().batch, trainer.device)
+    n, t = batch.completion_ids.shape
+    lengths = [(i * 3) % t + 1 for i in range(n)]
+    mask = torch.tensor([[1 if j < lengths[i] else 0 for j in range(t)] for i in range(n)])
+    ids = torch.where(mask.bool(), batch.completion_ids, torch.full_like(batch.completion_ids,
+                                                                          trainer.tokenizer.pad_token_id))
+    finished = torch.tensor([lengths[i] < t for i in range(n)])
+    return RolloutBatch(batch.prompt_ids, batch.prompt_mask, ids, mask, None, batch.texts, finished)
+
+
+def advantages_with_zero_rows(mask: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    adv = torch.randn(mask.shape, generator=g) * mask
+    adv[::3] = 0.0  # rows 0, 3, 6, ...: nothing to learn, skippable
+    return adv
+
+
+def grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in module.parameters()]
+
+
+def assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    assert any(w.abs().sum() > 0 for w in want)  # the reference gradient is not trivially zero
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("micro", [1, 5, N_PROMPTS * G])
+@pytest.mark.parametrize("agg", LOSS_AGGREGATIONS)
+def test_grpo_accumulated_gradient_is_the_full_batch_gradient(trainers, agg, micro, skip, truncated):
+    trainer, batch = trainers["grpo"]
+    a = trainer.config.algo
+    a.loss_agg, a.micro_batch_size, a.skip_zero_advantage, a.mask_truncated = agg, micro, skip, truncated
+    adv = advantages_with_zero_rows(batch.completion_mask)
+    loss_mask = trainer.loss_mask(batch)
+    assert truncated == bool((loss_mask != batch.completion_mask).any())
+
+    stats = trainer.update(batch, adv, None, None, loss_mask)
+    got = grads(trainer.model)
+
+    trainer.model.zero_grad(set_to_none=True)
+    logits = completion_logits(trainer.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                               batch.completion_mask, 1.0)
+    logp = token_logprobs(logits, batch.completion_ids)
+    loss, _ = grpo_loss(logp, logp.detach(), None, adv, loss_mask, beta=0.0, loss_agg=agg,
+                        scale=_own_counts(trainer))
+    loss.backward()
+    assert_same(got, grads(trainer.model))
+    assert stats["policy/loss"] == pytest.approx(loss.item(), rel=1e-4, abs=1e-7)
+
+
+def _own_counts(trainer: Trainer):
+    """The reference needs only the generation limit; every count is the batch's own."""
+    from verirl.losses import LossScale
+
+    return LossScale(max_len=trainer.config.rollout.max_new_tokens)
+
+
+@pytest.mark.parametrize("micro", [1, 5, N_PROMPTS * G])
+@pytest.mark.parametrize("agg", LOSS_AGGREGATIONS)
+def test_ppo_accumulated_gradient_is_the_full_batch_gradient(trainers, agg, micro):
+    trainer, batch = trainers["ppo"]
+    ppo = trainer.ppo
+    a = trainer.config.algo
+    a.loss_agg, a.micro_batch_size, a.mask_truncated = agg, micro, True
+    mask = batch.completion_mask
+    adv = advantages_with_zero_rows(mask)
+    g = torch.Generator().manual_seed(8)
+    old_values = torch.randn(mask.shape, generator=g) * mask
+    returns = torch.randn(mask.shape, generator=g) * mask
+    loss_mask = trainer.loss_mask(batch)
+
+    ppo.update(batch, None, old_values, adv, returns, loss_mask)
+    got_policy, got_critic = grads(trainer.model), grads(ppo.critic)
+
+    trainer.model.zero_grad(set_to_none=True)
+    ppo.critic.zero_grad(set_to_none=True)
+    logits, values = policy_forward(trainer.model, ppo.critic, batch, 1.0)
+    logp = token_logprobs(logits, batch.completion_ids)
+    entropy = torch.zeros_like(logp)
+    loss, _ = ppo_loss(logp, logp.detach(), adv, values, old_values, returns, entropy, loss_mask,
+                       loss_agg=agg, vf_coef=a.vf_coef, vf_clip=a.vf_clip, scale=_own_counts(trainer))
+    loss.backward()
+    assert_same(got_policy, grads(trainer.model))
+    assert_same(got_critic, grads(ppo.critic))
