@@ -396,6 +396,9 @@ def _validate_optim_and_model(config: Config) -> None:
         if m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:
             raise ConfigError(f"model.lora_alpha must be > 0 and lora_dropout in [0, 1), got {m.lora_alpha}, "
                               f"{m.lora_dropout}")
+        if config.algo.ref_reset_every:
+            raise ConfigError("model.lora_rank keeps π_ref as the base model (adapters off), so it cannot be reset "
+                              "or mixed: set algo.ref_reset_every=0, or train without LoRA (model.lora_rank=0)")
         if config.algo.name == "ppo" and config.algo.critic == "shared":
             raise ConfigError("model.lora_rank with algo.critic=shared is not supported: the value head would sit on a "
                               "trunk whose base weights are frozen; use algo.critic=separate")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,14 +62,44 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+ADAPTER_DIR = "adapter"  # a LoRA run's checkpoint keeps its peft adapter here
+
+
 def load_causal_lm(name_or_path: str, dtype: str, device: torch.device, trust_remote_code: bool = False) -> Any:
+    """A causal LM from a hub id, a local directory or ``builtin:NAME``. A checkpoint of a
+    LoRA run (its adapter in ``ADAPTER_DIR/``) loads as its base model with the adapter
+    merged in, for evaluation and as a starting point."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_path(name_or_path), trust_remote_code=trust_remote_code, **dtype_kwarg(DTYPES[dtype])
-    )
+    path = resolve_path(name_or_path)
+    adapter = Path(path) / ADAPTER_DIR
+    if (adapter / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = load_causal_lm(base, dtype, device, trust_remote_code)
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                 **dtype_kwarg(DTYPES[dtype]))
     return model.to(device)
+
+
+def attach_lora(model: Any, rank: int, alpha: float, dropout: float, target_modules: str | list[str],
+                adapter_dir: str | Path | None = None) -> Any:
+    """LoRA adapters (Hu et al. 2021) on ``model``'s linear layers through peft, trainable;
+    the base weights are frozen. Returns the ``PeftModel``; its ``get_base_model()`` is
+    ``model`` itself with the adapters inside, which the trainer runs (so the forward keeps
+    ``logits_to_keep`` and the shared-prompt cache), and its ``disable_adapter()`` gives the
+    base model back (π_ref, with no second copy of the weights). ``adapter_dir``: resume
+    the adapter saved there instead of starting a new one (B = 0: the base model's output)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
 
 
 def frozen_copy(model: Any) -> Any:

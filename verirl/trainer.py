@@ -40,7 +40,15 @@ from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
 from verirl.metrics import MetricsWriter, UpdateStats, peak_rss_mb
-from verirl.models import completion_logits, frozen_copy, load_causal_lm, load_tokenizer, pick_device
+from verirl.models import (
+    ADAPTER_DIR,
+    attach_lora,
+    completion_logits,
+    frozen_copy,
+    load_causal_lm,
+    load_tokenizer,
+    pick_device,
+)
 from verirl.optim import build_optimizer
 from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weights
 from verirl.ppo import PPO
@@ -64,6 +72,7 @@ class Rollout:
     resample_rounds: int
     rollout_s: float
     reward_s: float
+    samples_drawn: int = 0  # completions generated for this step, resampled groups included
     baseline: list[float] | None = None  # remax: each completion's greedy-rollout reward of its prompt
 
 
@@ -128,13 +137,24 @@ class Trainer:
             checkpoint = latest_checkpoint(self.out)
         source = str(checkpoint) if checkpoint else c.model.name_or_path
         self.tokenizer = load_tokenizer(source, c.model.trust_remote_code)
-        self.model = load_causal_lm(source, c.model.dtype, self.device, c.model.trust_remote_code)
+        m = c.model
+        # a LoRA run trains adapters on the base model: resume loads the base, then its adapter
+        self.model = load_causal_lm(m.name_or_path if m.lora_rank else source, m.dtype, self.device,
+                                    m.trust_remote_code)
+        self.lora = None
+        if m.lora_rank:
+            adapter = checkpoint / ADAPTER_DIR if checkpoint is not None else None
+            self.lora = attach_lora(self.model, m.lora_rank, m.lora_alpha, m.lora_dropout, m.lora_target_modules,
+                                    adapter)
+            self.model = self.lora.get_base_model()
         if c.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
         self.ref_model = None
-        # GRPO puts the KL to π_ref in the loss (β), PPO in the per-token reward (β_r)
-        if (c.algo.beta_r if c.algo.name == "ppo" else c.algo.beta) > 0:
+        # GRPO puts the KL to π_ref in the loss (β), PPO in the per-token reward (β_r);
+        # with LoRA π_ref is the base model itself, the adapters switched off
+        self.uses_reference = (c.algo.beta_r if c.algo.name == "ppo" else c.algo.beta) > 0
+        if self.uses_reference and self.lora is None:
             ref_source = c.model.name_or_path
             if checkpoint is not None and (checkpoint / "ref").exists():
                 ref_source = str(checkpoint / "ref")
@@ -240,6 +260,7 @@ class Trainer:
             "rollout/finished_frac": float(batch.finished.float().mean()),
             "rollout/zero_std_frac": rollout.zero_std_frac,
             "rollout/resample_rounds": rollout.resample_rounds,
+            "rollout/samples_drawn": rollout.samples_drawn,
             "optim/lr": self.scheduler.get_last_lr()[0],
             "perf/rollout_s": rollout.rollout_s,
             "perf/reward_s": rollout.reward_s,
@@ -268,7 +289,7 @@ class Trainer:
         minibatch = c.algo.minibatch_size or N
         single_update = c.algo.ppo_epochs == 1 and minibatch == N
         old_logp = None if single_update else self.logprobs(self.model, batch)
-        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        ref_logp = self.reference_logprobs(batch)
 
         # 5. μ epochs × minibatches
         stats = self.update(batch, advantages, old_logp, ref_logp, self.loss_mask(batch))
@@ -304,7 +325,7 @@ class Trainer:
         update_start = time.perf_counter()
         # outcome: R_i on the last token; process: each step's reward on its last token
         scores = rewards if self.config.algo.reward_mode == "outcome" else self.place_steps(batch, rollout.rewards.steps)[0]
-        ref_logp = self.logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        ref_logp = self.reference_logprobs(batch)
         stats = self.ppo.step(batch, scores, ref_logp, self.loss_mask(batch))
         return stats, time.perf_counter() - update_start
 
@@ -318,7 +339,7 @@ class Trainer:
         rollout_s = reward_s = 0.0
         failures: dict[str, dict[str, int]] = {}
         first_zero_frac = 0.0
-        rounds = 0
+        rounds = drawn = 0
         while True:
             need = B if not kept else B - sum(1 for k in kept if not k[4])
             problems = self.stream.take(need)
@@ -326,6 +347,7 @@ class Trainer:
             t0 = time.perf_counter()
             batch = self.engine.generate(prompts, sampling)
             rollout_s += time.perf_counter() - t0
+            drawn += len(batch.texts)
             samples = self._samples(prompts, problems, batch, G)
             scored = self.reward_fn(samples)
             reward_s += scored.seconds
@@ -359,7 +381,7 @@ class Trainer:
             baseline = self.greedy_baseline(problems)
             rollout_s += time.perf_counter() - t0
         return Rollout(batch, problems, [s for k in kept for s in k[2]], rewards,
-                       first_zero_frac, rounds, rollout_s, reward_s, baseline)
+                       first_zero_frac, rounds, rollout_s, reward_s, drawn, baseline)
 
     def greedy_baseline(self, problems: list[Problem]) -> list[float]:
         """ReMax's baseline: the reward of each prompt's greedy completion, repeated on the
@@ -393,6 +415,16 @@ class Trainer:
                 step_rewards[i, t] += step.reward
                 step_mask[i, t] = 1
         return step_rewards.to(self.device), step_mask.to(self.device)
+
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """``log π_ref`` ``[N, T]`` when the run has a KL term: the frozen reference model's,
+        or with LoRA the base model's (the same model with its adapters switched off)."""
+        if not self.uses_reference:
+            return None
+        if self.lora is None:
+            return self.logprobs(self.ref_model, batch)
+        with self.lora.disable_adapter():
+            return self.logprobs(self.model, batch)
 
     @torch.no_grad()
     def logprobs(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
@@ -492,7 +524,7 @@ class Trainer:
         return {"eval/accuracy": result.metrics["accuracy"], "perf/eval_s": time.perf_counter() - t0}
 
     def save(self) -> Path:
-        models = {"": self.model}
+        models = {"": self.model} if self.lora is None else {ADAPTER_DIR: self.lora}
         if self.ref_model is not None and self.config.algo.ref_reset_every:
             models["ref"] = self.ref_model
         state = {
