@@ -169,6 +169,18 @@ def _process_reference(
     return out
 
 
+def _step_tensors(step_ends: list[list[int]], step_rewards: list[list[float]]):
+    """``[N, K]`` rewards (nan off the steps: must be ignored), token indices and mask."""
+    n, k = len(step_ends), max((len(e) for e in step_ends), default=0)
+    sr = torch.full((n, k), float("nan"))
+    si = torch.zeros(n, k, dtype=torch.long)
+    sm = torch.zeros(n, k, dtype=torch.long)
+    for i in range(n):
+        for j, (e, r) in enumerate(zip(step_ends[i], step_rewards[i])):
+            sr[i, j], si[i, j], sm[i, j] = r, e, 1
+    return sr, si, sm
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_process_advantages_match_literal_sum_over_later_steps(seed: int) -> None:
     rng = random.Random(seed)
@@ -178,22 +190,17 @@ def test_process_advantages_match_literal_sum_over_later_steps(seed: int) -> Non
     step_ends: list[list[int]] = []
     step_rewards: list[list[float]] = []
     for i in range(n):
-        k = rng.randint(0, min(4, lengths[i]))
-        ends = sorted(rng.sample(range(lengths[i]), k))
+        k = rng.randint(0, min(4, lengths[i]))  # unequal step counts, some completions with none
+        ends = sorted(rng.choices(range(lengths[i]), k=k))  # with repeats: steps ending on one token
         step_ends.append(ends)
         step_rewards.append([rng.choice([0.0, 1.0, rng.uniform(-1, 1)]) for _ in ends])
+    step_ends[0], step_rewards[0] = [lengths[0] - 1, lengths[0] - 1], [1.0, -0.5]  # two steps, one token
     if num_groups >= 2:  # force one group with a single step in total: no signal
         for i in range(g, 2 * g):
             step_ends[i], step_rewards[i] = [], []
         step_ends[g], step_rewards[g] = [lengths[g] - 1], [0.7]
-    sr = torch.full((n, t), float("nan"))  # values off the steps must be ignored
-    sm = torch.zeros(n, t, dtype=torch.long)
-    for i in range(n):
-        for e, r in zip(step_ends[i], step_rewards[i]):
-            sr[i, e] = r
-            sm[i, e] = 1
     mask = _mask(lengths, t)
-    got = process_advantages(sr, sm, mask, g)
+    got = process_advantages(*_step_tensors(step_ends, step_rewards), mask, g)
     want = _process_reference(step_ends, step_rewards, lengths, g, t, 1e-6)
     assert got.shape == (n, t)
     for i in range(n):
@@ -204,23 +211,45 @@ def test_process_advantages_match_literal_sum_over_later_steps(seed: int) -> Non
 
 def test_process_advantages_hand_case() -> None:
     # one group of 2; row 0 steps end at 1 (r=1) and 3 (r=0); row 1 one step at 2 (r=0).
-    # R = {1, 0, 0}: mean 1/3, sample std sqrt(1/3) → r̃ = 2/√3·... computed below
-    sr = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    sm = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 0]])
+    # R = {1, 0, 0}: mean 1/3, sample std sqrt(1/3) → r̃ computed below
+    sr, si, sm = _step_tensors([[1, 3], [2]], [[1.0, 0.0], [0.0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     s = math.sqrt(((1 - 1 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
     hi, lo = (1 - 1 / 3) / s, (0 - 1 / 3) / s
-    got = process_advantages(sr, sm, mask, 2, eps=0.0)
+    got = process_advantages(sr, si, sm, mask, 2, eps=0.0)
     assert got[0].tolist() == pytest.approx([hi + lo, hi + lo, lo, lo])
     assert got[1].tolist() == pytest.approx([lo, lo, lo, 0.0])
 
 
+def test_two_steps_ending_on_one_token_are_two_rewards() -> None:
+    # row 0: steps r = 1 and r = 0 both end on token 1; row 1: one step r = 0 on token 0.
+    # R = {1, 0, 0} (three rewards, not the merged {1, 0}): mean 1/3, std sqrt(1/3).
+    sr, si, sm = _step_tensors([[1, 1], [0]], [[1.0, 0.0], [0.0]])
+    got = process_advantages(sr, si, sm, torch.ones(2, 3), 2, eps=0.0)
+    s = math.sqrt(1 / 3)
+    hi, lo = (2 / 3) / s, (-1 / 3) / s
+    assert got[0].tolist() == pytest.approx([hi + lo, hi + lo, 0.0])  # token 2: after the last step
+    assert got[1].tolist() == pytest.approx([lo, 0.0, 0.0])
+    # merged into one summed reward the statistics would be over {1, 0}: a different answer
+    merged = process_advantages(*_step_tensors([[1], [0]], [[1.0], [0.0]]), torch.ones(2, 3), 2, eps=0.0)
+    assert merged[0, 0].item() != pytest.approx(got[0, 0].item())
+
+
+def test_steps_to_tokens_adds_steps_on_one_token() -> None:
+    from verirl.advantages import steps_to_tokens
+
+    sr, si, sm = _step_tensors([[1, 1, 3], []], [[1.0, 0.5, -1.0], []])
+    dense = steps_to_tokens(sr[:, :3], si[:, :3], sm[:, :3], torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert dense.tolist() == [[0.0, 1.5, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]]
+
+
 def test_process_advantages_all_equal_group_is_zero_and_step_on_padding_is_an_error() -> None:
-    sr = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
-    sm = torch.tensor([[1, 1], [0, 1]])
-    assert process_advantages(sr, sm, torch.ones(2, 2), 2).eq(0).all()
-    with pytest.raises(ValueError, match=r"step_mask is 1 at \(1, 1\), a padding position"):
-        process_advantages(sr, sm, torch.tensor([[1, 1], [1, 0]]), 2)
+    sr, si, sm = _step_tensors([[0, 1], [1]], [[1.0, 1.0], [1.0]])
+    assert process_advantages(sr, si, sm, torch.ones(2, 2), 2).eq(0).all()
+    with pytest.raises(ValueError, match=r"step 0 of row 1 ends at token 1, a padding position"):
+        process_advantages(sr, si, sm, torch.tensor([[1, 1], [1, 0]]), 2)
+    with pytest.raises(ValueError, match=r"ends at token 5"):
+        process_advantages(sr, torch.tensor([[0, 5], [1, 0]]), sm, torch.ones(2, 2), 2)
 
 
 # --------------------------------------------------------------------------- broadcast

@@ -220,19 +220,22 @@ def test_dr_grpo_process_only_centres_the_step_rewards(seed: int) -> None:
     g, t = 2, 5
     lengths = [5, 3, 4, 5]
     mask = _mask(lengths, t)
-    step_mask = torch.zeros(4, t)
-    step_rewards = torch.zeros(4, t, dtype=torch.float64)
-    for i, n in enumerate(lengths):
-        for j in sorted(rng.sample(range(n), rng.randint(1, n))):
-            step_mask[i, j] = 1
-            step_rewards[i, j] = rng.choice([-1.0, 0.0, 1.0, 2.0])
-    got = process_advantages(step_rewards, step_mask, mask, g, scale="none")
+    ends = [sorted(rng.choices(range(n), k=rng.randint(1, n))) for n in lengths]
+    values = [[rng.choice([-1.0, 0.0, 1.0, 2.0]) for _ in e] for e in ends]
+    k = max(len(e) for e in ends)
+    step_rewards = torch.zeros(4, k, dtype=torch.float64)
+    step_index = torch.zeros(4, k, dtype=torch.long)
+    step_mask = torch.zeros(4, k)
+    for i in range(4):
+        for j, (e, v) in enumerate(zip(ends[i], values[i])):
+            step_rewards[i, j], step_index[i, j], step_mask[i, j] = v, e, 1
+    got = process_advantages(step_rewards, step_index, step_mask, mask, g, scale="none")
     for start in (0, 2):
-        rs = [step_rewards[i, j].item() for i in range(start, start + g) for j in range(t) if step_mask[i, j]]
+        rs = [v for i in range(start, start + g) for v in values[i]]
         m = sum(rs) / len(rs)
         signal = len(rs) >= 2 and max(rs) != min(rs)
         for i in range(start, start + g):
-            for j in range(t):
-                later = [step_rewards[i, k].item() - m for k in range(j, t) if step_mask[i, k]]
-                want = sum(later) if (signal and j < lengths[i]) else 0.0
-                assert got[i, j].item() == pytest.approx(want, abs=1e-12)
+            for tok in range(t):
+                later = [v - m for e, v in zip(ends[i], values[i]) if e >= tok]
+                want = sum(later) if (signal and tok < lengths[i]) else 0.0
+                assert got[i, tok].item() == pytest.approx(want, abs=1e-12)

@@ -168,3 +168,67 @@ def test_update_stats_average_each_key_and_take_the_max_ratio():
     acc.end_minibatch()
     assert acc.means() == {"loss": 3.0, "clip_frac": 0.25, "ratio_max": pytest.approx(1.3)}
     assert UpdateStats().means() == {"ratio_max": 0.0}
+
+
+def test_step_token_indices_with_the_tiny_bpe_tokenizer():
+    """Character ends → the token holding the step's last character, hand-computed on the
+    shipped byte-level BPE tokenizer, with ends inside multi-character tokens."""
+    from verirl.models import load_tokenizer
+
+    tok = load_tokenizer("builtin:tiny-arith")
+    text = "He has 3+4=7 apples. 7*2=14\n#### 14"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces[2] == " has" and pieces[9] == " apples" and pieces[19] == "####"  # the layout assumed below
+    # end 1: 'H' (token 0); 6: end of " has" (2); 4: inside " has" (2); 12: '7' (8);
+    # 13 and 15: inside " apples" (9); 30: inside "####" (19); 35: the last '4' (22)
+    ends = [1, 6, 4, 12, 13, 15, 30, 35]
+    assert step_token_indices(tok, ids, ends) == [0, 2, 2, 8, 9, 9, 19, 22]
+
+
+@pytest.mark.parametrize("outcome_step", ["always", "fallback"])
+def test_mixed_rewards_put_the_outcome_on_the_last_token(outcome_step):
+    """arith_steps per line plus math_answer: each arithmetic step on its own last token,
+    the final-answer step (math_answer's weighted score) on the completion's last token."""
+    from verirl import Sample
+    from verirl.models import load_tokenizer
+    from verirl.rewards import RewardFunction, parse_rewards
+
+    tok = load_tokenizer("builtin:tiny-arith")
+    texts = ["He has 3+4=7 apples. 7*2=14\n#### 14", "The answer is 14"]
+    terms = parse_rewards([{"verifier": "arith_steps", "weight": 0.5}, {"verifier": "math_answer", "weight": 2.0}])
+    with RewardFunction(terms, outcome_step=outcome_step) as reward_fn:
+        batch = reward_fn([Sample(prompt="q", completion=t, answer="14") for t in texts])
+    first, second = batch.steps
+    ids = tok(texts[0], add_special_tokens=False)["input_ids"]
+    arith = [s for s in first if (s.char_start, s.char_end) != (0, len(texts[0]))]
+    assert [s.reward for s in arith] == [0.5, 0.0]  # line 1 correct (+1 × 0.5), "#### 14" no claim
+    assert step_token_indices(tok, ids, [s.char_end for s in arith]) == [17, 22]
+    final = [s for s in first if (s.char_start, s.char_end) == (0, len(texts[0]))]
+    if outcome_step == "always":
+        assert [s.reward for s in final] == [2.0]  # math_answer 1 × weight 2
+        assert step_token_indices(tok, ids, [final[0].char_end]) == [len(ids) - 1]
+    else:
+        assert final == []  # the completion has process steps: no final-answer step
+    # the second completion makes no claim: arith_steps gives it a neutral step, so it has
+    # a process step and "fallback" adds no final step; "always" does
+    assert [s.reward for s in second] == ([0.0, 2.0] if outcome_step == "always" else [0.0])
+
+
+def test_place_steps_keeps_every_step_and_ends_on_completion_tokens(char_model, problems_file, tmp_path):
+    from verirl import Step
+
+    trainer = Trainer(make_config(char_model, problems_file, tmp_path, "algo.reward_mode=process",
+                                  "rewards=[{verifier: halves}]", "rollout.prompts_per_step=1", "rollout.group_size=2"))
+    try:
+        batch = trainer.rollout().batch
+        text = batch.texts[0]
+        steps = [[Step(0, 2, 1.0), Step(1, 2, -1.0), Step(0, len(text), 0.5)], []]
+        rewards, index, present = trainer.place_steps(batch, steps)
+        assert rewards.tolist() == [[1.0, -1.0, 0.5], [0.0, 0.0, 0.0]]
+        assert present.tolist() == [[1, 1, 1], [0, 0, 0]]
+        n = int(batch.completion_mask[0].sum())
+        last = n - 2 if bool(batch.finished[0]) else n - 1  # the EOS token carries no text
+        assert index[0].tolist() == [1, 1, last]  # two steps on one token stay two
+    finally:
+        trainer.close()

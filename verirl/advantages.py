@@ -43,8 +43,9 @@ class AdvantageInputs:
     eps: float = 1e-6  # ε_std added to standard deviations
     scale: str = "group_std"  # grpo: group_std | none | batch_std
     gamma: float = 1.0  # reinforce_plus_plus: discount γ
-    step_rewards: Tensor | None = None  # [N, T] process: step rewards at each step's last token
-    step_mask: Tensor | None = None  # [N, T] process: 1 at each step's last token
+    step_rewards: Tensor | None = None  # [N, K] process: reward of step j of completion i
+    step_index: Tensor | None = None  # [N, K] process: the index of step j's last token
+    step_mask: Tensor | None = None  # [N, K] process: 1 where completion i has a step j
     baseline: Tensor | None = None  # [N] remax: the reward of the greedy completion of each row's prompt
     term_rewards: Tensor | None = None  # [N, K] gdpo: each reward term's unweighted score (nan: does not apply)
     term_weights: Tensor | None = None  # [K] gdpo: the terms' weights
@@ -220,52 +221,86 @@ def group_normalized_advantages(
     return adv.reshape(-1), zero_std
 
 
+def _check_steps(step_rewards: Tensor, step_index: Tensor, step_mask: Tensor, mask: Tensor) -> Tensor:
+    """The step mask as bool, after checking the three ``[N, K]`` step tensors against
+    ``mask`` ``[N, T]``: every step's last token is a completion token of its row."""
+    check_same_2d_shape(step_rewards=step_rewards, step_index=step_index, step_mask=step_mask)
+    if mask.dim() != 2 or step_mask.shape[0] != mask.shape[0]:
+        raise ValueError(f"step tensors [N, K] and mask [N, T] need the same N; got {tuple(step_mask.shape)} "
+                         f"and {tuple(mask.shape)}")
+    if step_index.is_floating_point():
+        raise ValueError(f"step_index must hold integer token indices, got dtype {step_index.dtype}")
+    steps = step_mask.bool()
+    t = mask.shape[1]
+    index = step_index.long()
+    outside = steps & ((index < 0) | (index >= t))
+    if not bool(outside.any()):
+        outside = steps & ~mask.bool().gather(1, index.clamp(0, max(t - 1, 0)))
+    if bool(outside.any()):
+        row, k = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"step {k} of row {row} ends at token {int(index[row, k])}, a padding position of mask; a step's "
+            "reward must sit on its last completion token"
+        )
+    _check_finite("step_rewards", _float(step_rewards), where=steps)
+    return steps
+
+
+def steps_to_tokens(step_rewards: Tensor, step_index: Tensor, step_mask: Tensor, mask: Tensor) -> Tensor:
+    """Dense ``[N, T]`` per-token rewards from a step list: each step's reward added on its
+    last token, ``r_t = Σ_{j : e(j) = t} r^{(j)}`` (PPO's per-token rewards, where two steps
+    ending on one token give that token both rewards). The step tensors are ``[N, K]`` as in
+    :func:`process_advantages`."""
+    steps = _check_steps(step_rewards, step_index, step_mask, mask)
+    values = torch.where(steps, _float(step_rewards), torch.zeros((), dtype=_float(step_rewards).dtype))
+    dense = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return dense.scatter_add(1, step_index.long().clamp(0, max(mask.shape[1] - 1, 0)), values)
+
+
 def process_advantages(
-    step_rewards: Tensor, step_mask: Tensor, mask: Tensor, group_size: int, eps: float = 1e-6,
-    scale: str = "group_std",
+    step_rewards: Tensor, step_index: Tensor, step_mask: Tensor, mask: Tensor, group_size: int,
+    eps: float = 1e-6, scale: str = "group_std",
 ) -> Tensor:
     """GRPO process-supervision advantages (DeepSeekMath §4.1.3), per token.
 
-    The reward of step j of completion i sits at ``e(j)``, the index of the step's last
-    token (``step_mask`` is 1 exactly there). All step rewards ``R`` of the group are
-    normalised together, then each token gets the sum of its own and all later steps':
+    Step j of completion i has reward ``r_i^{(j)}`` and ends on token ``e(j)``. All step
+    rewards ``R`` of the group are normalised together, then each token gets the sum of
+    its own and all later steps':
 
     ``r̃_i^{(j)} = (r_i^{(j)} − mean(R)) / (std(R) + ε)``,
     ``Â_{i,t} = Σ_{j : e(j) ≥ t} r̃_i^{(j)}``.
 
+    Every step is a reward of its own: two steps whose ends fall on one token are two
+    members of ``R`` (the group's mean and std count both) and both add to that token's
+    and the earlier tokens' advantages.
+
     Args:
-        step_rewards: ``[N, T]`` step rewards placed at each step's last token (values
-            elsewhere are ignored).
-        step_mask: ``[N, T]``, 1 at each step's last token; must lie inside ``mask``.
-        mask: ``[N, T]`` completion-token mask.
+        step_rewards: ``[N, K]`` ``r_i^{(j)}``, K the most steps of any completion (values
+            where ``step_mask`` is 0 are ignored, even ``nan``).
+        step_index: ``[N, K]`` integer ``e(j)``, the index of step j's last completion token.
+        step_mask: ``[N, K]``, 1 where completion i has a step j.
+        mask: ``[N, T]`` completion-token mask; every step must end on a valid token.
         group_size: ``G``; ``N = num_groups * G``.
         eps: ``ε`` added to the (sample) std.
         scale: ``group_std`` (the formula above) or ``none`` (Dr. GRPO's choice: only
             subtract the mean, ``r̃ = r − mean(R)``).
 
     Groups with fewer than 2 step rewards, or whose step rewards are all equal, carry no
-    signal: all their advantages are 0. Tokens after a completion's last step get 0
-    (no later step), and padding is 0.
+    signal: all their advantages are 0. A completion with no step, and the tokens after a
+    completion's last step (the EOS token, when the last step ends on the last word), get
+    0: no step ends at or after them. Padding is 0.
 
     Returns:
         ``[N, T]`` float advantages.
     """
-    check_same_2d_shape(step_rewards=step_rewards, step_mask=step_mask, mask=mask)
+    if scale not in ("group_std", "none"):
+        raise ValueError(f"process advantages scale must be group_std or none, got {scale!r}")
+    steps = _check_steps(step_rewards, step_index, step_mask, mask)
     n, t = mask.shape
+    k = steps.shape[1]
     num_groups = _check_groups(n, group_size)
-    valid = mask.bool()
-    steps = step_mask.bool()
-    if bool((steps & ~valid).any()):
-        index = tuple(int(i) for i in (steps & ~valid).nonzero()[0])
-        raise ValueError(
-            f"step_mask is 1 at {index}, a padding position of mask; a step's reward must "
-            "sit on its last completion token"
-        )
-    step_rewards = _float(step_rewards)
-    _check_finite("step_rewards", step_rewards, where=steps)
-
-    r = step_rewards.reshape(num_groups, group_size * t)
-    s = steps.reshape(num_groups, group_size * t)
+    r = _float(step_rewards).reshape(num_groups, group_size * k)
+    s = steps.reshape(num_groups, group_size * k)
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
     count = s.sum(dim=1, keepdim=True)
     mean = torch.where(s, r, zero).sum(dim=1, keepdim=True) / count.clamp(min=1)
@@ -275,14 +310,14 @@ def process_advantages(
         s, r, inf
     ).amin(dim=1, keepdim=True)
     has_signal = (count >= 2) & ~all_equal
-    if scale not in ("group_std", "none"):
-        raise ValueError(f"process advantages scale must be group_std or none, got {scale!r}")
     spread = var.sqrt() + eps if scale == "group_std" else torch.ones_like(var)
-    normalized = torch.where(s & has_signal, (r - mean) / spread, zero)
-    normalized = normalized.reshape(n, t)
-    # Reverse cumulative sum: position t collects the steps ending at or after t.
-    adv = normalized.flip(1).cumsum(1).flip(1)
-    return torch.where(valid, adv, zero)
+    normalized = torch.where(s & has_signal, (r - mean) / spread, zero).reshape(n, k)
+    # each step's r̃ on its last token (steps sharing a token add up), then a reverse
+    # cumulative sum: position t collects the steps ending at or after t
+    at_token = torch.zeros((n, t), dtype=r.dtype, device=r.device).scatter_add(
+        1, step_index.long().clamp(0, max(t - 1, 0)), normalized)
+    adv = at_token.flip(1).cumsum(1).flip(1)
+    return torch.where(mask.bool(), adv, zero)
 
 
 def broadcast_to_tokens(adv: Tensor, mask: Tensor) -> Tensor:
@@ -469,10 +504,10 @@ def gdpo_advantages(x: AdvantageInputs) -> Tensor:
     return broadcast_to_tokens(adv, x.mask)
 
 
-def _process_inputs(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
-    if x.step_rewards is None or x.step_mask is None:
-        raise ValueError("process advantages need step_rewards and step_mask (algo.reward_mode=process)")
-    return x.step_rewards, x.step_mask
+def _process_inputs(x: AdvantageInputs) -> tuple[Tensor, Tensor, Tensor]:
+    if x.step_rewards is None or x.step_index is None or x.step_mask is None:
+        raise ValueError("process advantages need step_rewards, step_index and step_mask (algo.reward_mode=process)")
+    return x.step_rewards, x.step_index, x.step_mask
 
 
 @register_advantage_estimator("grpo_process")

@@ -78,6 +78,7 @@ class AlgoConfig:
     name: Literal["grpo", "ppo"] = "grpo"  # critic-free GRPO (and its relatives, by algo.advantage), or PPO with a critic
     advantage: Literal[ADVANTAGES] | None = None  # advantage estimator (README table); None: grpo, or gae with algo.name=ppo
     reward_mode: Literal["outcome", "process"] = "outcome"  # outcome: one R per completion; process: step rewards (the estimator's process variant)
+    outcome_step: Literal["always", "fallback"] = "always"  # process mode: each outcome verifier's score is a final step on the last token always, or only for completions without process steps
     scale: Literal["group_std", "none", "batch_std"] = "group_std"  # grpo / grpo_passk advantage scaling
     eps_std: float = 1e-6  # ε_std added to the std
     drop_zero_std: bool = False  # DAPO dynamic sampling: drop all-equal groups and sample more prompts

@@ -117,9 +117,8 @@ class RewardBatch:
     ``rewards[i]``: the weighted sum for sample i. ``scores[i]``: ``{term name: score}``
     with the raw (unweighted) verifier result after fallback — a float, ``None``, or a
     process verifier's list of :class:`Step`. ``steps[i]``: sample i's weighted step
-    rewards for process supervision: every process term's steps with their rewards
-    times the term weight, plus each outcome term's weighted score as one step over
-    the whole completion; sorted by ``char_end``.
+    rewards for process supervision, sorted by ``char_end`` (see :class:`RewardFunction`
+    for where the outcome scores go).
     """
 
     rewards: list[float]
@@ -137,10 +136,29 @@ def _reduced(term: RewardTerm, score: Any) -> float:
     return float(score)
 
 
-class RewardFunction:
-    """Builds the configured verifiers once and scores batches of samples."""
+OUTCOME_STEPS = ("always", "fallback")
 
-    def __init__(self, terms: Sequence[RewardTerm]):
+
+class RewardFunction:
+    """Builds the configured verifiers once and scores batches of samples.
+
+    Step rewards (process supervision, ``RewardBatch.steps``), with ``w_k`` term k's weight:
+
+    - each step a process term returns is a step of its own, with reward ``w_k · r``;
+    - each outcome term's score ``s`` is one more step, the *final-answer step*, spanning
+      the whole completion, so it ends on the completion's last character (the last
+      token before EOS) with reward ``w_k · s``;
+    - ``outcome_step="always"``: the final-answer steps are always there;
+      ``"fallback"``: only for a completion to which no process term gave a step (the
+      verifier found none, or does not apply), so that it is still scored by its outcome.
+
+    A completion with no step at all carries no process signal.
+    """
+
+    def __init__(self, terms: Sequence[RewardTerm], outcome_step: str = "always"):
+        if outcome_step not in OUTCOME_STEPS:
+            raise ConfigError(f"outcome_step must be one of {list(OUTCOME_STEPS)}, got {outcome_step!r}")
+        self.outcome_step = outcome_step
         self.terms = list(terms)
         self.specs = [get_verifier(t.verifier) for t in self.terms]
         self.scorers = [spec.build(**dict(t.params)) for spec, t in zip(self.specs, self.terms)]
@@ -155,6 +173,7 @@ class RewardFunction:
         rewards = [0.0] * n
         scores: list[dict[str, Any]] = [{} for _ in range(n)]
         steps: list[list[Step]] = [[] for _ in range(n)]
+        final_steps: list[list[Step]] = [[] for _ in range(n)]
         failures = {t.name: {"timeout": 0, "error": 0, "not_applicable": 0} for t in self.terms}
         for term, spec, scorer in zip(self.terms, self.specs, self.scorers):
             results = self._run(term, scorer, samples)
@@ -177,12 +196,14 @@ class RewardFunction:
                 if isinstance(result, list):  # process steps
                     steps[i].extend(Step(s.char_start, s.char_end, term.weight * s.reward) for s in result)
                 else:
-                    steps[i].append(Step(0, len(samples[i].completion), term.weight * result))
+                    final_steps[i].append(Step(0, len(samples[i].completion), term.weight * result))
         for name, counts in failures.items():
             for kind, count in counts.items():
                 self.totals[name][kind] += count
-        for s in steps:
-            s.sort(key=lambda step: step.char_end)
+        for process, final in zip(steps, final_steps):
+            if self.outcome_step == "always" or not process:
+                process.extend(final)
+            process.sort(key=lambda step: step.char_end)
         return RewardBatch(rewards, scores, steps, failures, time.perf_counter() - start)
 
     def term_values(self, batch: RewardBatch) -> tuple[list[list[float]], list[float]]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from verirl import losses
-from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator
+from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator, steps_to_tokens
 from verirl.batching import chunks, minibatches, rows_to_run
 from verirl.checkpoint import clean_partial, latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
@@ -124,7 +124,7 @@ class Trainer:
         )
         if d.max_eval and len(self.eval_problems) > d.max_eval:
             self.eval_problems = self.eval_problems[: d.max_eval]
-        self.reward_fn = RewardFunction(parse_rewards(c.rewards))
+        self.reward_fn = RewardFunction(parse_rewards(c.rewards), outcome_step=c.algo.outcome_step)
         self.eval_reward_fn = (
             RewardFunction(parse_rewards([{"verifier": c.train.eval_verifier}], source="train.eval_verifier"))
             if self.eval_problems else None
@@ -302,8 +302,8 @@ class Trainer:
         mask = batch.completion_mask
         inputs = AdvantageInputs(rewards, mask, self.config.rollout.group_size, a.eps_std, a.scale, a.gamma)
         if self.estimator in PROCESS_ESTIMATORS:
-            step_rewards, step_mask = self.place_steps(batch, rollout.rewards.steps)
-            inputs = dataclasses.replace(inputs, step_rewards=step_rewards, step_mask=step_mask)
+            step_rewards, step_index, step_mask = self.place_steps(batch, rollout.rewards.steps)
+            inputs = dataclasses.replace(inputs, step_rewards=step_rewards, step_index=step_index, step_mask=step_mask)
         elif self.estimator == "remax":
             inputs = dataclasses.replace(inputs, baseline=torch.tensor(rollout.baseline, device=self.device))
         elif self.estimator == "gdpo":
@@ -324,7 +324,10 @@ class Trainer:
         """PPO's steps 3-5 (:meth:`verirl.ppo.PPO.step`); returns ``(stats, update seconds)``."""
         update_start = time.perf_counter()
         # outcome: R_i on the last token; process: each step's reward on its last token
-        scores = rewards if self.config.algo.reward_mode == "outcome" else self.place_steps(batch, rollout.rewards.steps)[0]
+        if self.config.algo.reward_mode == "outcome":
+            scores = rewards
+        else:  # each step's reward on its last token (two steps on one token: both)
+            scores = steps_to_tokens(*self.place_steps(batch, rollout.rewards.steps), batch.completion_mask)
         ref_logp = self.reference_logprobs(batch)
         stats = self.ppo.step(batch, scores, ref_logp, self.loss_mask(batch))
         return stats, time.perf_counter() - update_start
@@ -400,21 +403,25 @@ class Trainer:
             for i, text in enumerate(batch.texts)
         ]
 
-    def place_steps(self, batch: RolloutBatch, steps: list[list[Step]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense ``[N, T]`` step rewards at each step's last token, and the step mask.
-        Steps ending on the same token add up."""
-        N, T = batch.completion_mask.shape
-        step_rewards = torch.zeros(N, T)
-        step_mask = torch.zeros(N, T)
+    def place_steps(self, batch: RolloutBatch, steps: list[list[Step]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each completion's steps as ``[N, K]`` tensors: their rewards, the index of the
+        token holding each step's last character (:func:`step_token_indices`), and a
+        mask of which entries are steps (K: the most steps of any completion). Every step
+        stays a reward of its own, also when two end on one token."""
+        N = batch.completion_mask.shape[0]
+        K = max((len(s) for s in steps), default=0)
+        rewards = torch.zeros(N, K)
+        index = torch.zeros(N, K, dtype=torch.long)
+        present = torch.zeros(N, K)
         lengths = batch.completion_mask.sum(-1).tolist()
         for i, sample_steps in enumerate(steps):
             if not sample_steps or lengths[i] == 0:
                 continue
             ids = batch.completion_ids[i, : lengths[i]].tolist()
-            for step, t in zip(sample_steps, step_token_indices(self.tokenizer, ids, [s.char_end for s in sample_steps])):
-                step_rewards[i, t] += step.reward
-                step_mask[i, t] = 1
-        return step_rewards.to(self.device), step_mask.to(self.device)
+            ends = step_token_indices(self.tokenizer, ids, [s.char_end for s in sample_steps])
+            for j, (step, t) in enumerate(zip(sample_steps, ends)):
+                rewards[i, j], index[i, j], present[i, j] = step.reward, t, 1.0
+        return rewards.to(self.device), index.to(self.device), present.to(self.device)
 
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
         """``log π_ref`` ``[N, T]`` when the run has a KL term: the frozen reference model's,
