@@ -380,11 +380,11 @@ def test_one_corrupted_number_flags_exactly_its_step(seed: int, corrupt) -> None
     assert tried > 250
 
 
-# --- the shared step splitter (verirl.steps) -----------------------------------------------
+# --- the shared step splitter (verirl.grading.steps) -----------------------------------------------
 
 
 def test_split_modes() -> None:
-    from verirl.steps import split_steps
+    from verirl.grading.steps import split_steps
 
     text = "Hello there. I have 3.5 apples, e.g. two! Then? ok\n\n  second line  \nthird. Fourth"
     assert [text[a:b] for a, b in split_steps(text, "lines")] == [
@@ -404,7 +404,7 @@ def test_split_modes() -> None:
 @given(st.text(alphabet=st.sampled_from(list("ab1. !?\n\t ")), max_size=80),
        st.sampled_from(["lines", "sentences", "paragraphs"]))
 def test_split_spans_cover_the_text_in_order(text: str, mode: str) -> None:
-    from verirl.steps import split_steps
+    from verirl.grading.steps import split_steps
 
     spans = split_steps(text, mode)
     for (a, b), (c, _) in zip(spans, spans[1:]):

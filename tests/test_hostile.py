@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from verirl import Failure, Sample
-from verirl.answers import extract_answer, is_equivalent, judge, GoldAnswerError
-from verirl.mathparse import ParseError, parse_answer
+from verirl.grading.extract import extract_answer, is_equivalent, judge, GoldAnswerError
+from verirl.grading.parse import ParseError, parse_answer
 from verirl.plugins import get_verifier
 
 TIMEOUT = 1.0

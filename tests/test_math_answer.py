@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from verirl import ConfigError, Failure, Sample
-from verirl.answers import extract_answer, extract_gold, is_correct, is_equivalent, judge, GoldAnswerError
+from verirl.grading.extract import extract_answer, extract_gold, is_correct, is_equivalent, judge, GoldAnswerError
 from verirl.plugins import get_verifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

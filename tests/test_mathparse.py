@@ -9,7 +9,7 @@ import pytest
 import sympy
 from sympy import E, I, Eq, FiniteSet, ImmutableMatrix, Interval, Rational, Symbol, Tuple, Union, oo, pi, sqrt
 
-from verirl.mathparse import (
+from verirl.grading.parse import (
     MAX_CHARS,
     AnswerList,
     Choice,

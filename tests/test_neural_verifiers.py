@@ -27,7 +27,7 @@ from transformers import (
 
 from verirl import ConfigError, Failure, Sample, Step
 from verirl.plugins import get_verifier
-from verirl.steps import split_steps
+from verirl.grading.steps import split_steps
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,7 @@
 """Built-in verifier ``arith_steps``: checks every arithmetic claim in each step, exactly.
 
 A process verifier that needs no model. The completion is cut into steps
-(:func:`verirl.steps.split_steps`); in each step every arithmetic claim is found and
+(:func:`verirl.grading.steps.split_steps`); in each step every arithmetic claim is found and
 checked with exact rational arithmetic (:class:`fractions.Fraction`, through the small
 parser below: text is never handed to ``eval`` or ``sympify``). Step reward:
 
@@ -74,7 +74,7 @@ from fractions import Fraction
 from typing import Sequence
 
 from verirl import ConfigError, Sample, Step, hookimpl, verifier
-from verirl.steps import check_split_mode, split_steps
+from verirl.grading.steps import check_split_mode, split_steps
 
 _MAX_SEGMENT_TOKENS = 200
 _MAX_POWER_EXPONENT = 1000

@@ -3,7 +3,7 @@
 The final answer is extracted from the completion (last ``\\boxed{}``, GSM8K ``####``,
 "the answer is ...", an ``A: ...`` line, then optionally the last number), the gold
 answer from ``sample.answer`` (a bare answer or a full solution), and the two are
-compared by :func:`verirl.answers.judge`: a safe parser (no eval) and sympy equivalence
+compared by :func:`verirl.grading.extract.judge`: a safe parser (no eval) and sympy equivalence
 with a numeric tolerance for decimals. The comparison runs in a pool of sandboxed
 worker processes, each sample under a hard time bound; verdicts are cached.
 
@@ -21,8 +21,8 @@ from collections import OrderedDict
 from typing import Sequence
 
 from verirl import ConfigError, Failure, Sample, hookimpl, verifier
-from verirl.answers import extract_answer, extract_gold, judge_item
-from verirl.mathparse import MAX_CHARS
+from verirl.grading.extract import extract_answer, extract_gold, judge_item
+from verirl.grading.parse import MAX_CHARS
 from verirl.sandbox import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class MathAnswer:
         if self._pool is None:
             self._pool = WorkerPool(
                 judge_item, workers=self.workers, timeout_s=self.timeout,
-                memory_mb=self.memory_mb, preload=("verirl.answers",),
+                memory_mb=self.memory_mb, preload=("verirl.grading.extract",),
             )
         return self._pool
 

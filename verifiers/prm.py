@@ -1,6 +1,6 @@
 """Built-in verifier ``prm``: a neural process reward model, one score per step.
 
-A process verifier. The completion is cut into steps with :func:`verirl.steps.split_steps`
+A process verifier. The completion is cut into steps with :func:`verirl.grading.steps.split_steps`
 (the splitter ``arith_steps`` uses), a step tag is written right after each step, and
 the model reads the text::
 
@@ -36,7 +36,7 @@ import inspect
 from typing import Sequence
 
 from verirl import ConfigError, Failure, Sample, Step, hookimpl, verifier
-from verirl.steps import check_split_mode, split_steps
+from verirl.grading.steps import check_split_mode, split_steps
 
 # torch and transformers are imported when a verifier is built, not when the plugin
 # loads: listing or using the other verifiers should not pay their import time.

@@ -222,9 +222,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _answer_extractor() -> Any:
-    """The answer extractor for maj@k: verirl.answers.extract_answer when available."""
+    """The answer extractor for maj@k: verirl.grading.extract.extract_answer when available."""
     try:
-        from verirl.answers import extract_answer
+        from verirl.grading.extract import extract_answer
     except ImportError:
         return None
     return extract_answer

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from verirl.answers import last_boxed
+from verirl.grading.extract import last_boxed
 from verirl.verifier import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"

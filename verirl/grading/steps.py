@@ -2,7 +2,7 @@
 
 Process verifiers (rule-based or neural) score a completion step by step; they must
 agree on what a step is, so the splitter lives here, in the core, where any verifier
-plugin can import it (``from verirl.steps import split_steps``) without the core ever
+plugin can import it (``from verirl.grading.steps import split_steps``) without the core ever
 importing a verifier.
 
 A step is a ``(char_start, char_end)`` span with ``text[char_start:char_end]`` equal to

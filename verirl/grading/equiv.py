@@ -1,4 +1,4 @@
-"""Equivalence of two parsed answers (:mod:`verirl.mathparse`).
+"""Equivalence of two parsed answers (:mod:`verirl.grading.parse`).
 
 ``equivalent(pred, gold, rel_tol)`` decides, by the kind of the gold answer:
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import sympy
 
-from verirl.mathparse import AnswerList, Choice, Parsed, Text
+from verirl.grading.parse import AnswerList, Choice, Parsed, Text
 
 log = logging.getLogger(__name__)
 

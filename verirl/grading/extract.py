@@ -8,8 +8,8 @@
 - :func:`judge` / :func:`judge_item` are what the sandboxed workers of the
   ``math_answer`` verifier run.
 
-Parsing is :mod:`verirl.mathparse` (no eval of any text); equivalence is
-:mod:`verirl.mathequiv`.
+Parsing is :mod:`verirl.grading.parse` (no eval of any text); equivalence is
+:mod:`verirl.grading.equiv`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import re
 
-from verirl.mathequiv import equivalent
-from verirl.mathparse import MAX_CHARS, ParseError, normalize_text, parse_answer
+from verirl.grading.equiv import equivalent
+from verirl.grading.parse import MAX_CHARS, ParseError, normalize_text, parse_answer
 
 log = logging.getLogger(__name__)
 
