@@ -56,9 +56,9 @@ def run_math_answer(rows: list[Row], workers: int) -> tuple[list[bool | None], f
 
 
 def run_in_process(rows: list[Row]) -> tuple[list[bool | None], float]:
-    """``verirl.grading.extract.is_correct`` in this process with every parse cache cleared
+    """``verirl.grading.judge.is_correct`` in this process with every parse cache cleared
     before each row: the cost of the checking itself, without sandbox or caches."""
-    from verirl.grading.extract import is_correct
+    from verirl.grading.judge import is_correct
     from verirl.grading.parse import parse_answer
 
     start = time.perf_counter()
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     verdicts, secs = run_math_answer(rows, workers=0)
     results.append((summarize(f"math_answer (workers={cores})", rows, verdicts, secs), verdicts))
     verdicts, secs = run_in_process(rows)
-    results.append((summarize("verirl.grading.extract in-process, no caches", rows, verdicts, secs), verdicts))
+    results.append((summarize("verirl.grading.judge in-process, no caches", rows, verdicts, secs), verdicts))
     mv = run_math_verify(rows)
     if mv is None:
         print("Math-Verify is not installed (pip install 'math-verify[antlr4_13_2]'): "

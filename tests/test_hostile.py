@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from verirl import Failure, Sample
-from verirl.grading.extract import extract_answer, is_equivalent, judge, GoldAnswerError
+from verirl.grading.extract import extract_answer
+from verirl.grading.judge import GoldAnswerError, is_equivalent, judge
 from verirl.grading.parse import ParseError, parse_answer
 from verirl.plugins import get_verifier
 

@@ -1,61 +1,63 @@
-"""Final answers of math completions: extraction and equivalence (the core's helpers).
+"""Which text is the final answer: of a model's completion, and of a dataset's gold field.
 
-- :func:`extract_answer` finds the final answer in a model's completion;
-- :func:`extract_gold` finds it in a dataset's answer field (a bare answer, or a full
-  solution with ``\\boxed{}`` or GSM8K's ``#### N``);
-- :func:`is_equivalent` / :func:`is_correct` decide equivalence in this process
-  (for trusted, quick use: no time bound);
-- :func:`judge` / :func:`judge_item` are what the sandboxed workers of the
-  ``math_answer`` verifier run.
+- :func:`extract_answer` finds the final answer of a completion (rules A0–A5 of the
+  grading policy, ``verirl/grading/README.md``);
+- :func:`extract_gold` finds the gold answer in a dataset's answer field (a bare answer,
+  a MATH solution with ``\\boxed{}``, a GSM8K solution with ``#### N``);
+- :func:`last_boxed` is the content of the last complete ``\\boxed{}``.
 
-Parsing is :mod:`verirl.grading.parse` (no eval of any text); equivalence is
-:mod:`verirl.grading.equiv`.
+Pure string work, linear in the text and bounded by the caps below: it runs in the
+caller's process (no sandbox, no sympy). Comparing answers is :mod:`verirl.grading.judge`.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-
-from verirl.grading.equiv import equivalent
-from verirl.grading.parse import MAX_CHARS, ParseError, normalize_text, parse_answer
-
-log = logging.getLogger(__name__)
+from collections import deque
+from typing import NamedTuple
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _MAX_BOX_SCAN = 20_000  # characters scanned for one box's closing brace
-_MAX_BOXES_TRIED = 20
-_ANSWER_IS_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?[ \t]*([^\n]+)", re.IGNORECASE)
+_MAX_BOXES_TRIED = 20  # the last boxes looked at
+_MAX_GAP = 200  # the longest text between two boxes of one answer
+_QUOTE_WINDOW = 2000  # characters around a box searched for quotation marks
+_MAX_SPAN = 2000  # the longest math span taken as an answer
+_BARE_MAX = 200  # the longest completion taken whole as a bare answer
+_MIN_COPY = 24  # the shortest line of the problem blanked out where the completion copies it
+
+_ANSWER_MARK_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?[ \t]*", re.IGNORECASE)
 _A_LINE_RE = re.compile(r"^[ \t]*A[ \t]*:[ \t]*(\S[^\n]*)$", re.MULTILINE)
-_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# a number not glued to a preceding letter or digit ("AZYUK2A" holds none)
+_NUMBER_RE = re.compile(
+    r"(?<![A-Za-z0-9.])(?:-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+)")
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
+# what may stand between two boxes that make one answer ("\boxed{1}, \boxed{2}",
+# "\boxed{5} or \boxed{6}", "$\boxed{a}$ \quad \text{and} \quad $\boxed{b}$")
+_CONNECTIVE_RE = re.compile(
+    r"(?:\s|[$,;&]|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\\\|\\[()\[\]]"
+    r"|\\text\s*\{\s*(?:and|or|,|;)?\s*\}|(?<![A-Za-z])(?:and|or)(?![A-Za-z]))*")
+# end-of-turn and start-of-turn markers of chat templates: text after one is not the answer
+_TURN_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
+                 "<|end_of_text|>")
+_MATH_DELIMS_RE = re.compile(r"\\\$|\$\$|\$|\\\(|\\\)|\\\[|\\\]|\n")
+_CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
+_COMMAND_OR_TEXT_RE = re.compile(
+    r"\\(?:text\w*|mbox|mathrm|operatorname|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{4,}")
+_LETTERS_RE = re.compile(r"[A-Za-z]+")
+# letter runs a bare answer may hold besides one-letter variables: function names, units
+_MATH_RUNS = frozenset("sin cos tan cot sec csc log ln exp sqrt pi inf max min gcd lcm mod "
+                       "cm mm km m ft in yd mi kg g mg lb lbs oz ml l s h hr min".split())
 
 
-class GoldAnswerError(ValueError):
-    """The gold answer cannot be parsed (a dataset problem, not the model's)."""
+class Box(NamedTuple):
+    start: int  # index of the backslash of \boxed
+    end: int  # index after the closing brace
+    content: str
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (balanced
-    braces; ``\\boxed 5`` also works), or None."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts[-_MAX_BOXES_TRIED:]):
-        j = start
-        while j < len(text) and text[j] == " ":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            content = _balanced(text, j)
-            if content is not None:
-                return content.strip()
-        elif j > start:  # "\boxed 5": one token
-            m = re.match(r"[^\s$]+", text[j:j + 200])
-            if m:
-                return m.group(0)
-    return None
-
-
-def _balanced(text: str, i: int) -> str | None:
+def _balanced(text: str, i: int) -> tuple[str, int] | None:
+    """``text[i]`` is ``{``: the content up to its matching ``}`` and the index after it."""
     depth = 0
     end = min(len(text), i + _MAX_BOX_SCAN)
     j = i
@@ -69,9 +71,65 @@ def _balanced(text: str, i: int) -> str | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j]
+                return text[i + 1:j], j + 1
         j += 1
     return None
+
+
+def boxes(text: str) -> list[Box]:
+    """The complete ``\\boxed{...}`` / ``\\fbox{...}`` among the last ones in ``text``, in
+    order (``\\boxed 5``: one token)."""
+    starts: deque = deque(_BOX_RE.finditer(text), maxlen=_MAX_BOXES_TRIED)
+    out = []
+    for m in starts:
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            found = _balanced(text, j)
+            if found is not None:
+                out.append(Box(m.start(), found[1], found[0].strip()))
+        elif j > m.end():
+            token = re.match(r"[^\s$]+", text[j:j + 200])
+            if token:
+                out.append(Box(m.start(), j + token.end(), token.group(0)))
+    return out
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete, non-empty box, or None."""
+    found = [b for b in boxes(text) if b.content]
+    return found[-1].content if found else None
+
+
+def _quoted(text: str, pos: int) -> bool:
+    """Is ``pos`` inside a quotation on its line ("...", “...”, ``...'')?"""
+    lo = max(text.rfind("\n", 0, pos) + 1, pos - _QUOTE_WINDOW)
+    hi = text.find("\n", pos, pos + _QUOTE_WINDOW)
+    hi = min(len(text), pos + _QUOTE_WINDOW) if hi < 0 else hi
+    before, after = text[lo:pos], text[pos:hi]
+    return (before.count('"') % 2 == 1 and '"' in after
+            or before.count("\u201c") > before.count("\u201d") and "\u201d" in after
+            or before.count("``") > before.count("''") and "''" in after)
+
+
+def answer_box(text: str) -> str | None:
+    """The final answer given in boxes (rule A1): the last complete, non-empty box that
+    is not inside a quotation, joined with the boxes right before it when only
+    connectives stand between them (``\\boxed{1}, \\boxed{2}`` is the answer ``1, 2``;
+    ``\\boxed{5} or \\boxed{6}`` is ``5, 6``). None without such a box."""
+    found = [b for b in boxes(text) if b.content and not _quoted(text, b.start)]
+    if not found:
+        return None
+    parts = [found[-1].content]
+    cur = found[-1]
+    for prev in reversed(found[:-1]):
+        gap = text[prev.end:cur.start]
+        if prev.end > cur.start or len(gap) > _MAX_GAP or not _CONNECTIVE_RE.fullmatch(gap):
+            break
+        parts.append(prev.content)
+        cur = prev
+    return ", ".join(reversed(parts))
 
 
 def _after_hashes(text: str) -> str | None:
@@ -83,13 +141,50 @@ def _after_hashes(text: str) -> str | None:
     return line or None
 
 
-def _clean_sentence(s: str) -> str:
+def _sentence(s: str) -> str:
     """The answer part of "... is 42. Because ...": up to the end of the sentence."""
     s = s.strip().replace("**", "")
     m = _SENTENCE_END_RE.search(s)
-    if m is not None:
-        s = s[:m.start()]
-    return s.strip().strip("$").strip()
+    return (s[:m.start()] if m is not None else s).strip()
+
+
+def _clean_sentence(s: str) -> str:
+    return _sentence(s).strip("$").strip()
+
+
+def math_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, content)`` of the math spans ``$...$``, ``$$...$$``, ``\\(...\\)``,
+    ``\\[...\\]`` (``$`` and ``\\(`` end at a newline unclosed; ``\\$`` is a dollar sign).
+    One linear scan over the delimiters."""
+    spans = []
+    opener: tuple[str, int, int] | None = None  # (delimiter, its start, content start)
+    for m in _MATH_DELIMS_RE.finditer(text):
+        d = m.group(0)
+        if d == "\\$":
+            continue
+        if opener is None:
+            if d in _CLOSER:
+                opener = (d, m.start(), m.end())
+            continue
+        kind, start, body = opener
+        if d == "\n":
+            if kind in ("$", "\\("):
+                opener = None
+            continue
+        if d == _CLOSER[kind]:
+            content = text[body:m.start()].strip()
+            if content and len(content) <= _MAX_SPAN:
+                spans.append((start, m.end(), content))
+            opener = None
+    return spans
+
+
+def _looks_like_prose(s: str) -> bool:
+    """Is ``s`` (outside LaTeX commands and \\text{}) a sentence rather than math: a word
+    of four letters or more beside another word or a number ("$18 and spends $")?"""
+    plain = _COMMAND_OR_TEXT_RE.sub(" ", s)
+    words = _WORD_RE.findall(plain)
+    return bool(words) and (len(_LETTERS_RE.findall(plain)) > 1 or any(c.isdigit() for c in plain))
 
 
 def last_number(text: str) -> str | None:
@@ -105,99 +200,131 @@ def last_number(text: str) -> str | None:
     return s.replace(",", "")
 
 
-def extract_answer(text: str, last_number_fallback: bool = True) -> str | None:
+def _last_math_or_number(text: str) -> str | None:
+    """The last math span that is not prose, unless a number comes after it (rule A5)."""
+    span = None
+    for s in math_spans(text):
+        if not _looks_like_prose(s[2]):
+            span = s
+    number = None
+    for m in _NUMBER_RE.finditer(text, span[1] if span else 0):
+        number = m
+    if number is None:
+        return span[2] if span else None
+    return last_number(text[span[1] if span else 0:])
+
+
+def _bare_answer(text: str) -> str | None:
+    """The completion itself when it is just an answer: one short line that is one word,
+    or math whose letter runs (outside LaTeX commands) are one-letter variables, function
+    names or unit abbreviations."""
+    s = text.strip()
+    if not s or "\n" in s or len(s) > _BARE_MAX:
+        return None
+    runs = _LETTERS_RE.findall(_COMMAND_OR_TEXT_RE.sub(" ", s))
+    if len(runs) == 1 and runs[0] == s.strip("$ ."):
+        return s  # "Even", "east"
+    if all(len(r) == 1 or r.lower() in _MATH_RUNS for r in runs):
+        return s
+    return None
+
+
+def _answer_statement(text: str) -> str | None:
+    """The answer of the last "the answer is ..." / "Final Answer: ..." (rule A3)."""
+    marks: deque = deque(_ANSWER_MARK_RE.finditer(text), maxlen=_MAX_BOXES_TRIED)
+    last = next((m for m in reversed(marks) if not _quoted(text, m.start())), None)
+    if last is None:
+        return None
+    rest = text[last.end():last.end() + _MAX_BOX_SCAN]
+    line, _, after = rest.partition("\n")
+    if not line.strip():  # "Final Answer:\n\n42": the answer is on the next line
+        line = next((ln for ln in after.split("\n")[:3] if ln.strip()), "")
+    sentence = _sentence(line)
+    inner = answer_box(sentence)
+    if inner is not None:
+        return inner
+    spans = math_spans(sentence)
+    if spans:
+        outside = "".join(sentence[a:b] for a, b in zip([0] + [s[1] for s in spans],
+                                                          [s[0] for s in spans] + [len(sentence)]))
+        if _looks_like_prose(outside):  # "The largest $n$ is 34": the math, not the prose
+            return _last_math_or_number(sentence)
+    return sentence.strip("$").strip() or None
+
+
+def _before_turn_marker(text: str) -> str:
+    cut = min((k for k in (text.find(m) for m in _TURN_MARKERS) if k >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def _without_copies(text: str, problem: str) -> str:
+    """``text`` with every verbatim copy of a line or sentence of ``problem`` (of at
+    least ``_MIN_COPY`` characters) blanked out (rule A0)."""
+    pieces = set()
+    for line in problem.split("\n"):
+        for piece in (line, *re.split(r"(?<=[.?!])\s+", line)):
+            piece = piece.strip()
+            if len(piece) >= _MIN_COPY:
+                pieces.add(piece)
+    for piece in sorted(pieces, key=len, reverse=True):
+        if piece in text:
+            text = text.replace(piece, " ")
+    return text
+
+
+def extract_answer(text: str, fallback: str = "last_math", problem: str = "") -> str | None:
     """The final answer of a completion, by the first rule that finds one:
 
-    1. the last complete ``\\boxed{...}`` / ``\\fbox{...}``;
+    0. (preparation) text after a chat end-of-turn marker is dropped, and every verbatim
+       copy of a line or sentence of ``problem`` is blanked out;
+    1. the last complete non-empty ``\\boxed{...}`` / ``\\fbox{...}`` outside quotations,
+       with the boxes joined to it by connectives (:func:`answer_box`);
     2. the text after the last GSM8K-style ``####``;
     3. the rest of the sentence after the last "the answer is" / "final answer:";
     4. the last line of the form ``A: ...``;
-    5. (when ``last_number_fallback``) the last number in the text.
+    5. by ``fallback``: ``"last_math"``: the whole completion when it is a bare answer
+       (one short line, no prose), else its last math span or last number, whichever
+       comes last; ``"last_number"``: the last number; ``"none"``: nothing.
 
     Returns None when no rule applies.
     """
     if not isinstance(text, str):
         raise TypeError(f"extract_answer needs a str, got {type(text).__name__}")
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    hashes = _after_hashes(text)
-    if hashes is not None:
-        return hashes
-    found = None
-    for m in _ANSWER_IS_RE.finditer(text):
-        found = m
-    if found is not None:
-        answer = _clean_sentence(found.group(1))
-        inner = last_boxed(answer)
-        if answer:
-            return inner if inner is not None else answer
-    found = None
-    for m in _A_LINE_RE.finditer(text):
-        found = m
-    if found is not None:
-        return _clean_sentence(found.group(1)) or None
-    if last_number_fallback:
+    text = _before_turn_marker(text)
+    if problem:
+        text = _without_copies(text, problem)
+    found = answer_box(text)
+    if found is None:
+        found = _after_hashes(text)
+    if found is None:
+        found = _answer_statement(text)
+    if found is None:
+        line = None
+        for m in _A_LINE_RE.finditer(text):
+            line = m
+        if line is not None:
+            found = _clean_sentence(line.group(1)) or None
+    if found is not None or fallback == "none":
+        return found
+    if fallback == "last_number":
         return last_number(text)
-    return None
+    return _bare_answer(text) or _last_math_or_number(text)
 
 
 def extract_gold(answer: str) -> str:
-    """The gold final answer of a dataset answer field: the last ``\\boxed{}`` of a
-    MATH solution, the text after GSM8K's ``####``, or the whole (stripped) string."""
+    """The gold final answer of a dataset answer field: the boxed answer of a MATH
+    solution (:func:`answer_box`), the text after GSM8K's ``####``, the answer of a
+    "final answer is" sentence of a worked solution, or the whole (stripped) string."""
     if not isinstance(answer, str):
         raise TypeError(f"extract_gold needs a str, got {type(answer).__name__}")
-    boxed = last_boxed(answer) if "boxed" in answer or "fbox" in answer else None
+    boxed = answer_box(answer) if "boxed" in answer or "fbox" in answer else None
     if boxed is not None:
         return boxed
     hashes = _after_hashes(answer)
     if hashes is not None:
         return hashes.replace(",", "") if re.fullmatch(r"-?[\d,]+(\.\d+)?", hashes) else hashes
+    if "\n" in answer.strip() or len(answer) > _BARE_MAX:
+        said = _answer_statement(answer)
+        if said is not None:
+            return said
     return answer.strip()
-
-
-def judge(pred: str, gold: str, rel_tol: float = 1e-4) -> bool:
-    """Is the extracted answer ``pred`` equivalent to the gold answer ``gold``?
-
-    An unparseable ``pred`` is not equivalent (False). An unparseable ``gold`` raises
-    :class:`GoldAnswerError` unless the two texts are the same words (the dataset,
-    not the model, is at fault: the caller should count it, not score it 0).
-    """
-    try:
-        g = parse_answer(gold)
-    except ParseError as exc:
-        if normalize_text(pred) == normalize_text(gold) and normalize_text(gold):
-            return True
-        raise GoldAnswerError(f"gold answer {gold[:200]!r} cannot be parsed: {exc}") from exc
-    try:
-        p = parse_answer(pred)
-    except ParseError as exc:  # an unreadable answer is a wrong answer
-        log.debug("prediction %r not parsed: %s", pred[:200], exc)
-        return False
-    return equivalent(p, g, rel_tol)
-
-
-def judge_item(item: tuple[str, str, float]) -> bool:
-    """``judge(*item)``: the picklable one-argument form the sandbox workers run."""
-    pred, gold, rel_tol = item
-    return judge(pred, gold, rel_tol)
-
-
-def is_equivalent(pred: str, gold: str, rel_tol: float = 1e-4) -> bool:
-    """In-process equivalence of two final answers (no time bound: for trusted input).
-    An unparseable gold answer falls back to comparing the texts' words."""
-    if len(pred) > MAX_CHARS:
-        return False
-    try:
-        return judge(pred, gold, rel_tol)
-    except GoldAnswerError:
-        return False
-
-
-def is_correct(completion: str, gold_answer: str, rel_tol: float = 1e-4,
-               last_number_fallback: bool = True) -> bool:
-    """Does the completion's final answer equal the gold answer field's (in-process)?"""
-    pred = extract_answer(completion, last_number_fallback)
-    if pred is None:
-        return False
-    return is_equivalent(pred, extract_gold(gold_answer), rel_tol)

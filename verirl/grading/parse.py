@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 import sympy
 from sympy.core.sympify import SympifyError
 
-MAX_CHARS = 2000  # longest answer string parsed (longer answers are an error)
+from verirl.grading.policy import MAX_CHARS, PERCENT_MODES
+
 MAX_DEPTH = 100  # deepest nesting (each bracket level counts about 3: group, item, operand)
 MAX_LITERAL_DIGITS = 1000  # digits in one number literal
 MAX_POW_DIGITS = 5000  # a numeric power with more digits than this stays unevaluated
@@ -70,20 +71,32 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Ratio:
+    """A ratio ``a : b (: c ...)`` of numbers or expressions (rule R)."""
+
+    terms: tuple
+
+
+@dataclass(frozen=True)
 class Parsed:
     """A parsed answer.
 
     ``value`` is a sympy object (Expr, Relational, Tuple, Interval, Union, FiniteSet,
     ImmutableMatrix), an :class:`AnswerList`, a :class:`Text` or a :class:`Choice`.
-    ``alternatives`` are other readings of the same text (``50\\%`` is 1/2 or 50;
-    ``204_5`` is 54 or the digits 204). ``huge`` marks values that hold an unevaluated
-    giant power: compare those structurally only.
+    ``alternatives`` are other readings of the same text (``50\\%`` is 1/2 or 50 when
+    percentages are read both ways; ``204_5`` is 54 or the digits 204). ``huge`` marks
+    values that hold an unevaluated giant power: compare those structurally only.
+    ``units`` are the units the answer names, canonical (``"cm"``, ``"degree"``).
+    ``numeral``: every value is written as a number (``18``, ``\\frac{7}{2}``,
+    ``x = 1.5``), none is computed (``3 \\cdot 6``, ``2^{10}``, ``\\binom{16}{5}``) (rule E).
     """
 
     value: Any
     alternatives: tuple = ()
     huge: bool = False
     source: str = ""
+    units: frozenset = frozenset()
+    numeral: bool = False
 
     @property
     def readings(self) -> tuple:
@@ -100,14 +113,16 @@ class Tok:
     space: bool = False  # whitespace right before the token
 
 
+# thousands groups ("10,080", "10{,}080", "10,\!080", "1\,000") follow a first group of
+# one to three digits that does not start with 0 ("0,111" is two numbers)
 _NUM_RE = re.compile(
-    r"(?:\d+(?:(?:,\\!\s*|\{,\}|,|\\,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
+    r"(?:(?:[1-9]\d{0,2}(?:(?:,\\!\s*|\{,\}|,|\\,)\d{3}(?!\d))+|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 # inside brackets a bare comma separates elements: "(12,102)" is a pair, while
 # "(10,\!080)" still holds one number
 _NUM_IN_BRACKETS_RE = re.compile(
-    r"(?:\d+(?:(?:,\\!\s*|\{,\}|\\,)\d{3}(?!\d))*(?:\.\d+)?|\.\d+)"
+    r"(?:(?:[1-9]\d{0,2}(?:(?:,\\!\s*|\{,\}|\\,)\d{3}(?!\d))+|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:[eE][+-]?\d+(?![A-Za-z]))?", re.ASCII
 )
 _LETTERS_RE = re.compile(r"[A-Za-z]+")
@@ -268,16 +283,20 @@ def tokenize(text: str) -> list[Tok]:
 class V:
     """A value during parsing: its alternatives (more than one only after ``\\pm``),
     whether it holds an unevaluated giant power, and how it was written when that matters
-    (``literal``: the digits of a bare integer; ``plain``: another reading)."""
+    (``literal``: the digits of a bare integer; ``plain``: another reading; ``numeral``:
+    written as a number, not computed: ``18``, ``-3.5``, ``\\frac{7}{2}``, ``2\\frac12``,
+    ``1.5\\times10^{3}``; ``power_of_ten``: ``10^{n}``, the second half of the last)."""
 
-    __slots__ = ("alts", "huge", "literal", "plain")
+    __slots__ = ("alts", "huge", "literal", "plain", "numeral", "power_of_ten")
 
     def __init__(self, alts: Sequence[Any], huge: bool = False, literal: str | None = None,
-                 plain: Any = None) -> None:
+                 plain: Any = None, numeral: bool = False) -> None:
         self.alts = tuple(alts)
         self.huge = huge
         self.literal = literal
         self.plain = plain
+        self.numeral = numeral
+        self.power_of_ten = False
 
     @property
     def one(self) -> Any:
@@ -292,6 +311,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "arccot": sympy.acot, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
     "ln": sympy.log, "log": sympy.log, "exp": sympy.exp, "lg": lambda x: sympy.log(x, 10),
 }
+_TRIG_FUNCS = frozenset({"sin", "cos", "tan", "cot", "sec", "csc"})
 _MULTI_ARG_FUNCS: dict[str, Callable[..., Any]] = {
     "gcd": sympy.gcd, "lcm": sympy.lcm, "max": sympy.Max, "min": sympy.Min,
 }
@@ -304,7 +324,7 @@ _GREEK = frozenset({
 _FRAC_CMDS = frozenset({"frac", "dfrac", "tfrac", "cfrac"})
 _BINOM_CMDS = frozenset({"binom", "dbinom", "tbinom"})
 _REL_CMDS = {"le": "<=", "leq": "<=", "leqslant": "<=", "ge": ">=", "geq": ">=",
-             "geqslant": ">=", "ne": "!=", "neq": "!=", "lt": "<", "gt": ">", "approx": "=",
+             "geqslant": ">=", "ne": "!=", "neq": "!=", "lt": "<", "gt": ">", "approx": "approx",
              "in": "in", "equiv": "="}
 _REL_OPS = {"=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "!=": "!="}
 _MUL_CMDS = frozenset({"cdot", "times", "ast"})
@@ -314,13 +334,47 @@ _MATRIX_ENVS = frozenset({"matrix", "pmatrix", "bmatrix", "Bmatrix", "vmatrix", 
 UNIT_WORDS = frozenset("""
 dollar dollars cent cents usd euro euros pound pounds yen rupees
 meter meters metre metres m cm mm km inch inches in ft foot feet yard yards yd mile miles mi
-gram grams g kg mg ton tons tonnes ounce ounces oz lb lbs liter liters litre litres l ml
+gram grams g gm kg mg ton tons tonnes ounce ounces oz lb lbs liter liters litre litres l ml
 gallon gallons quart quarts cup cups pint pints
 second seconds sec s minute minutes min hour hours hr hrs h day days week weeks month months
 year years yr decade decades century centuries
-degree degrees deg radian radians rad sq square cubic units unit percent
+degree degrees deg radian radians rad sq square cubic units unit
 mph kph km/h kmh per of the each
 """.split())
+PERCENT_WORDS = frozenset({"percent", "pct", "percentage", "percents"})
+# unit spellings that name the same unit, and words that name none (rule U)
+_UNIT_ALIASES = {
+    **dict.fromkeys(("centimeter", "centimeters", "centimetre", "centimetres"), "cm"),
+    **dict.fromkeys(("millimeter", "millimeters", "millimetre", "millimetres"), "mm"),
+    **dict.fromkeys(("kilometer", "kilometers", "kilometre", "kilometres"), "km"),
+    **dict.fromkeys(("meter", "meters", "metre", "metres"), "m"),
+    **dict.fromkeys(("inch", "inches"), "in"), **dict.fromkeys(("foot", "feet"), "ft"),
+    **dict.fromkeys(("yard", "yards"), "yd"), **dict.fromkeys(("mile", "miles"), "mi"),
+    **dict.fromkeys(("gram", "grams", "gm"), "g"), **dict.fromkeys(("kilogram", "kilograms"), "kg"),
+    **dict.fromkeys(("pound", "pounds", "lbs"), "lb"), **dict.fromkeys(("ounce", "ounces"), "oz"),
+    **dict.fromkeys(("liter", "liters", "litre", "litres"), "l"),
+    **dict.fromkeys(("milliliter", "milliliters", "millilitre", "millilitres"), "ml"),
+    **dict.fromkeys(("sec", "second", "seconds"), "s"), **dict.fromkeys(("minute", "minutes"), "min"),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), "hour"), "yr": "year",
+    **dict.fromkeys(("usd", "dollars"), "dollar"), **dict.fromkeys(("deg", "degrees", "circ"), "degree"),
+    **dict.fromkeys(("radian", "radians"), "rad"), **dict.fromkeys(("kph", "kmh"), "km/h"),
+}
+_UNIT_FILLERS = frozenset({"per", "of", "the", "each", "sq", "square", "cubic", "units", "unit", "a", "an"})
+
+
+def canonical_unit(word: str) -> str | None:
+    """The canonical name of a unit word (``"Centimeters"`` -> ``"cm"``), None for words
+    that name no unit (``per``, ``square``, ``units``)."""
+    w = word.lower().strip(".")
+    if not w or w in _UNIT_FILLERS:
+        return None
+    if w in _UNIT_ALIASES:
+        return _UNIT_ALIASES[w]
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
 _SEPARATOR_WORDS = frozenset({"and", "or"})
 _CONST_WORDS = {"pi": sympy.pi, "inf": sympy.oo, "infty": sympy.oo, "infinity": sympy.oo,
                 "oo": sympy.oo}
@@ -355,6 +409,28 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, sympy.Expr) and not x.free_symbols and x.is_number
 
 
+def _has_symbols(x: Any) -> bool:
+    return bool(getattr(x, "free_symbols", None))
+
+
+def is_name(x: Any, products_only: bool = False) -> bool:
+    """Does ``x`` name a quantity rather than give a value: a variable, a product or
+    quotient of variables (``AB``, ``NO/BO``, ``f(x)`` read as f·x), their absolute value,
+    or a tuple of names (``(p, q)``)? ``products_only``: variables and their products."""
+    if isinstance(x, sympy.Symbol):
+        return True
+    if isinstance(x, sympy.Mul):
+        return all(isinstance(f, sympy.Symbol) or isinstance(f, sympy.Pow) and isinstance(f.base, sympy.Symbol)
+                   and f.exp in (1, -1) and not products_only for f in x.args)
+    if products_only:
+        return False
+    if isinstance(x, sympy.Abs):
+        return is_name(x.args[0], products_only=True)
+    if isinstance(x, sympy.Tuple):
+        return len(x) > 0 and all(is_name(e) for e in x)
+    return False
+
+
 def _approx_abs(x: sympy.Expr) -> float | None:
     """|x| as a float, or None where it cannot be evaluated cheaply."""
     try:
@@ -387,12 +463,15 @@ def _pow_is_huge(base: Any, exp: Any) -> bool:
 class Parser:
     """Pratt parser over :func:`tokenize`'s tokens. ``parse()`` returns a :class:`Parsed`."""
 
-    def __init__(self, text: str, depth: int = 0) -> None:
+    def __init__(self, text: str, depth: int = 0, percent: str = "either") -> None:
         self.text = text
         self.toks = tokenize(text)
         self.i = 0
         self.depth = depth
         self.huge = False
+        self.percent_mode = percent  # what "x\%" is: number | fraction | either (rule P)
+        self.units: list[str] = []  # unit words met, in order (rule U)
+        self.degree_marks = 0  # degree signs met (inside a trig function: radians)
 
     # ---- token helpers ---------------------------------------------------------------
     def peek(self, k: int = 0) -> Tok:
@@ -452,6 +531,10 @@ class Parser:
         out = [_guarded(what, lambda c=c: fn(*c, huge)) for c in combos]
         return V(out, huge)
 
+    @staticmethod
+    def integer_numeral(v: V) -> bool:
+        return v.numeral and all(isinstance(x, sympy.Integer) for x in v.alts)
+
     def add(self, a: V, b: V) -> V:
         return self.combine("a sum", lambda x, y, h: sympy.Add(x, y, evaluate=not h), a, b)
 
@@ -462,28 +545,36 @@ class Parser:
                                       evaluate=not h), a, b)
 
     def mul(self, a: V, b: V) -> V:
-        return self.combine("a product", lambda x, y, h: sympy.Mul(x, y, evaluate=not h), a, b)
+        out = self.combine("a product", lambda x, y, h: sympy.Mul(x, y, evaluate=not h), a, b)
+        out.numeral = a.numeral and b.power_of_ten  # 1.5 \times 10^{3}
+        return out
 
     def div(self, a: V, b: V) -> V:
         for y in b.alts:
             if not b.huge and isinstance(y, sympy.Expr) and y.is_zero:
                 raise ParseError("division by zero")
-        return self.combine(
+        out = self.combine(
             "a quotient",
             lambda x, y, h: sympy.Mul(x, sympy.Pow(y, sympy.S.NegativeOne, evaluate=not h),
                                       evaluate=not h), a, b)
+        out.numeral = self.integer_numeral(a) and self.integer_numeral(b)  # \frac{7}{2}
+        return out
 
     def neg(self, a: V) -> V:
-        return self.combine("a negation",
-                            lambda x, h: sympy.Mul(sympy.S.NegativeOne, x, evaluate=not h), a)
+        out = self.combine("a negation",
+                           lambda x, h: sympy.Mul(sympy.S.NegativeOne, x, evaluate=not h), a)
+        out.numeral = a.numeral
+        return out
 
     def power(self, a: V, b: V) -> V:
         huge = any(_pow_is_huge(x, y) for x in a.alts for y in b.alts) if not (a.huge or b.huge) \
             else True
         if huge:
             self.huge = True
-        return self.combine("a power", lambda x, y, h: sympy.Pow(x, y, evaluate=not h), a, b,
-                            huge=huge)
+        out = self.combine("a power", lambda x, y, h: sympy.Pow(x, y, evaluate=not h), a, b,
+                           huge=huge)
+        out.power_of_ten = a.literal == "10" and self.integer_numeral(b)
+        return out
 
     def apply(self, name: str, fn: Callable[..., Any], *args: V) -> V:
         def build(*xs: Any) -> Any:
@@ -510,7 +601,8 @@ class Parser:
                 alternatives = (items[0].plain,)
         else:
             value = AnswerList(tuple(values))
-        return Parsed(value, alternatives, self.huge, self.text)
+        units = frozenset(u for u in map(canonical_unit, self.units) if u)
+        return Parsed(value, alternatives, self.huge, self.text, units, all(v.numeral for v in items))
 
     def is_separator(self) -> bool:
         tok = self.peek()
@@ -547,14 +639,26 @@ class Parser:
         return None
 
     def relation(self) -> V:
-        """``expr (relop expr)*``: ``x = 3``, ``a < x <= b``, ``x \\in [1, 2]``."""
+        """``expr (relop expr)*``: ``x = 3``, ``a < x <= b``, ``x \\in [1, 2]``, ratios
+        ``a : b``; a chain is cut at its first ``\\approx`` (``x = 1/3 \\approx 0.33`` is
+        ``x = 1/3``), and a leading ``\\approx 3.14`` is the value 3.14."""
         self.enter()
-        first = self.expr(0)
+        if self.at("cmd", "approx"):
+            self.advance()
+        first = self.ratio()
         parts: list[tuple[str, V]] = []
         while (op := self.relop()) is not None:
             self.advance()
-            parts.append((op, self.expr(0)))
+            parts.append((op, self.ratio()))
         self.leave()
+        ops = [p[0] for p in parts]
+        if "approx" in ops:
+            cut = ops.index("approx")
+            if cut == 0 and not is_name(first.alts[0]):
+                return first  # "1/3 \approx 0.33": the exact value is the answer
+            parts = parts[:max(cut, 1)]
+            if cut == 0:
+                parts = [("=", parts[0][1])]  # "x \approx 3.14": the approximation
         if not parts:
             return first
         if len(parts) == 1:
@@ -568,13 +672,36 @@ class Parser:
             return self.chain_interval(first, parts)
         raise ParseError(f"cannot read the chain of relations {' '.join(ops)}")
 
+    def ratio(self) -> V:
+        """``a : b (: c ...)`` as a :class:`Ratio`, or one expression."""
+        first = self.expr(0)
+        if not self.at("op", ":"):
+            return first
+        terms = [first]
+        while self.at("op", ":"):
+            self.advance()
+            terms.append(self.expr(0))
+        values = [t.one for t in terms]
+        if not all(isinstance(x, sympy.Expr) and not isinstance(x, sympy.MatrixBase) for x in values):
+            raise ParseError("the terms of a ratio must be numbers or expressions")
+        return V([Ratio(tuple(values))], any(t.huge for t in terms), numeral=all(t.numeral for t in terms))
+
     def build_relation(self, lhs: V, op: str, rhs: V) -> V:
         if op == "in":
             return rhs
+        if any(isinstance(x, Ratio) for x in lhs.alts + rhs.alts):
+            # "S_1 : S_2 = 7 : 32", "A:B = 1": the value given for the named ratio
+            if op == "=" and all(isinstance(x, Ratio) and all(is_name(t) for t in x.terms)
+                                 for x in lhs.alts) and not any(_has_symbols(x) for x in rhs.alts):
+                return rhs
+            raise ParseError("a ratio can only be given as 'names = value'")
         cls = {"=": sympy.Eq, "<": sympy.Lt, ">": sympy.Gt, "<=": sympy.Le, ">=": sympy.Ge,
                "!=": sympy.Ne}[op]
-        return self.combine("a relation", lambda x, y, h: cls(x, y, evaluate=False), lhs, rhs,
-                            exprs_only=op in ("<", ">", "<=", ">="))
+        out = self.combine("a relation", lambda x, y, h: cls(x, y, evaluate=False), lhs, rhs,
+                           exprs_only=op in ("<", ">", "<=", ">="))
+        # "x = 18", "2 + 3 = 5": the value given is written as a number
+        out.numeral = op == "=" and rhs.numeral and all(is_name(x) or not _has_symbols(x) for x in lhs.alts)
+        return out
 
     def chain_interval(self, first: V, parts: list[tuple[str, V]]) -> V:
         """``a < x <= b`` -> Interval(a, b, left_open, right_open) (``>`` chains reversed)."""
@@ -583,7 +710,7 @@ class Parser:
         lo_open, hi_open = op1 in ("<", ">"), op2 in ("<", ">")
         if op1 in (">", ">="):
             lo, hi, lo_open, hi_open = hi, lo, hi_open, lo_open
-        if not isinstance(mid.one, sympy.Symbol):
+        if not is_name(mid.one, products_only=True):
             raise ParseError("a chain a < x < b needs a variable in the middle")
         return V([self.interval(lo, hi, lo_open, hi_open)])
 
@@ -618,7 +745,7 @@ class Parser:
 
     def is_unit_word(self, word: str) -> bool:
         w = word.lower()
-        if w in MATH_WORDS or w in _SEPARATOR_WORDS:
+        if w in MATH_WORDS or w in _SEPARATOR_WORDS or w in PERCENT_WORDS:
             return False
         return w in UNIT_WORDS and len(w) > 1 or len(w) >= 4
 
@@ -658,15 +785,14 @@ class Parser:
                 right = self.superscript()
                 left = self.power(left, right)
             elif tok.kind == "cmd" and tok.val in ("circ", "degree"):
-                self.advance()  # 30\circ, 30\degree: degrees are dropped
+                self.advance()  # 30\circ, 30\degree: degrees are a unit
+                self.mark_degrees()
             elif tok.kind == "op" and tok.val == "!" and _BP_POSTFIX > rbp:
                 self.advance()
                 left = self.factorial(left)
-            elif tok.kind == "op" and tok.val == "%" and _BP_POSTFIX > rbp:
+            elif (tok.kind == "op" and tok.val == "%" or self.at_percent_word()) and _BP_POSTFIX > rbp:
                 self.advance()
-                plain = left.one
-                left = self.div(left, V([sympy.Integer(100)]))
-                left.plain = plain
+                left = self.percent(left)
             elif tok.kind == "op" and tok.val == "_" and _BP_POSTFIX > rbp:
                 self.advance()
                 left = self.subscript(left)
@@ -686,17 +812,38 @@ class Parser:
         self.leave()
         return left
 
+    def at_percent_word(self) -> bool:
+        tok = self.peek()
+        return tok.kind in ("id", "text") and tok.val.strip().lower() in PERCENT_WORDS
+
+    def percent(self, v: V) -> V:
+        """``x\\%`` by the percent mode: x, x/100, or x/100 with x as another reading."""
+        if self.percent_mode == "number":
+            return v
+        frac = self.div(v, V([sympy.Integer(100)], numeral=True))
+        frac.numeral = v.numeral
+        if self.percent_mode == "either":
+            frac.plain = v.one
+        return frac
+
+    def mark_degrees(self) -> None:
+        self.degree_marks += 1
+        self.units.append("degree")
+
     def at_unit(self) -> bool:
         tok = self.peek()
         if tok.kind == "id":
             return self.is_unit_word(tok.val)
         if tok.kind == "text":
             content = tok.val.strip().lower()
+            if tok.val[:1].isspace() and content.isalpha() and content not in _SEPARATOR_WORDS:
+                return True  # "5\text{ m}": a unit, even of one letter
             return content not in _SEPARATOR_WORDS and bool(content) and not _looks_like_math(content)
         return False
 
     def skip_unit(self) -> None:
-        self.advance()
+        tok = self.advance()
+        self.units.extend(re.findall(r"[A-Za-z][A-Za-z/]*", tok.val))
         # "cm^2", "\text{ cm}^2": the exponent belongs to the unit
         if self.at("op", "^") and (self.at("num", k=1) or self.at("op", "{", k=1)):
             self.advance()
@@ -710,6 +857,7 @@ class Parser:
             self.i += 3
         else:
             return False
+        self.mark_degrees()
         if self.at("id") and self.peek().val in ("C", "F"):
             self.advance()  # 30^\circ C
         return True
@@ -823,11 +971,13 @@ class Parser:
         raise ParseError(f"expected a value at position {tok.pos}, got {got!r}")
 
     def subparse(self, content: str) -> V:
-        sub = Parser(content, self.depth + 1)
+        sub = Parser(content, self.depth + 1, self.percent_mode)
         v = sub.relation()
         if not sub.at("eof"):
             raise ParseError(f"cannot read {content!r}")
         self.huge = self.huge or sub.huge
+        self.units += sub.units
+        self.degree_marks += sub.degree_marks
         return v
 
     def number(self) -> V:
@@ -856,18 +1006,18 @@ class Parser:
         # x = whole.fixed(rep)(rep)...: (whole.fixed rep - whole.fixed) / (10^len(rep) - 1), scaled
         a = int(whole + fixed + rep.val) - int(whole + fixed or "0")
         b = (10 ** len(rep.val) - 1) * 10 ** len(fixed)
-        return V([sympy.Rational(a, b)])
+        return V([sympy.Rational(a, b)], numeral=True)
 
     def literal(self, digits: str) -> V:
         if re.fullmatch(r"\d+", digits):
-            return V([sympy.Integer(int(digits))], literal=digits)
+            return V([sympy.Integer(int(digits))], literal=digits, numeral=True)
         m = re.fullmatch(r"(\d*\.?\d+|\d+\.)(?:[eE]([+-]?\d+))?", digits)
         if m is None:
             raise ParseError(f"malformed number {digits!r}")
         if m.group(2) and abs(int(m.group(2))) > MAX_POW_DIGITS:
             raise ParseError(f"exponent of {digits!r} is too large")
         sig = len(m.group(1).replace(".", "").lstrip("0")) or 1
-        return V([sympy.Float(digits, max(15, sig + 2))])
+        return V([sympy.Float(digits, max(15, sig + 2))], numeral=True)
 
     def mixed_fraction(self, whole: Tok) -> V | None:
         """``2\\frac{1}{2}`` / ``2 1/2`` after the integer ``whole`` -> 5/2, else None."""
@@ -906,7 +1056,7 @@ class Parser:
         else:
             return None
         value = sympy.Integer(int(whole.val)) + sympy.Rational(int(nums[0]), int(nums[1]))
-        return V([value])
+        return V([value], numeral=True)
 
     def word(self) -> V:
         tok = self.peek()
@@ -997,7 +1147,7 @@ class Parser:
         if opener + closer.val not in ("()", "[]"):
             raise ParseError(f"an interval has two endpoints, got {len(items)}")
         elems = [v.one for v in items]
-        return V([sympy.Tuple(*elems)], huge)
+        return V([_guarded("a tuple", lambda: sympy.Tuple(*elems))], huge)
 
     def command(self) -> V:
         tok = self.advance()
@@ -1053,7 +1203,8 @@ class Parser:
             items = self.items(frozenset({"rangle"}))
             self.expect("cmd", "rangle")
             self.leave()
-            return V([sympy.Tuple(*[v.one for v in items])], any(v.huge for v in items))
+            elems = [v.one for v in items]
+            return V([_guarded("a tuple", lambda: sympy.Tuple(*elems))], any(v.huge for v in items))
         if name in ("pm", "mp"):
             v = self.expr(_BP_UNARY)
             return V(v.alts + self.neg(v).alts, v.huge)
@@ -1081,10 +1232,16 @@ class Parser:
                 raise ParseError(f"\\{name} needs arguments")
             out = self.combine(name, lambda *xs: _MULTI_ARG_FUNCS[name](*xs[:-1]), *args)
         else:
+            marks, units = self.degree_marks, len(self.units)
             if self.at("op", "(") or self.at("op", "{"):
                 arg = self.bracketed() if self.at("op", "(") else self.group()
             else:  # \sin 2x: the argument runs over the implicit product
                 arg = self.expr(_BP_MUL - 1)
+            if self.degree_marks > marks:
+                # \sin 60^\circ: an angle in degrees, converted; not a unit of the answer
+                del self.units[units:]
+                if name in _TRIG_FUNCS:
+                    arg = self.mul(arg, V([sympy.pi / 180]))
             if base is not None:
                 out = self.combine("a logarithm", lambda x, b, h: sympy.log(x, b), arg, base)
             else:
@@ -1135,6 +1292,8 @@ _MATH_CHARS_RE = re.compile(r"[\d=+\-*/^()\[\]\\<>|]")
 _CHOICE_RE = re.compile(r"^\(?\s*([A-J])\s*\)?$")
 _CHOICE_PREFIX_RE = re.compile(
     r"^(?:\\(?:text|textbf|mathrm|mathbf)\s*\{\s*)?\(([A-Ja-j])\)\s*\}?(?:\s|$)")
+# after "(B) ...": another letter or a connective makes it several choices ("(B) or (C)")
+_OTHER_CHOICE_RE = re.compile(r"\(\s*[A-Ja-j]\s*\)|(?<![A-Za-z])(?:or|and)(?![A-Za-z])", re.IGNORECASE)
 _WRAPPER_RE = re.compile(r"^\\(?:text|textbf|textit|textrm|mathrm|mbox|mathbf|boxed|fbox)\s*\{(.*)\}$",
                          re.S)
 _WORDS_RE = re.compile(r"^[A-Za-z][A-Za-z\s\-']*$")
@@ -1188,6 +1347,51 @@ def _word_answer(s: str) -> Text | None:
     return None
 
 
+_SMALL_NUMBERS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+
+
+def number_from_words(s: str) -> int | None:
+    """An English number written in words (``five``, ``twenty-one``, ``one hundred and
+    five``, ``minus three``, ``a thousand``), or None (rule W)."""
+    words = [w for w in re.split(r"[\s\-]+", s.lower().strip()) if w and w != "and"]
+    if not words:
+        return None
+    sign = 1
+    if words[0] in ("minus", "negative"):
+        sign, words = -1, words[1:]
+    if words and words[0] in ("a", "an"):
+        words = words[1:]
+    if not words:
+        return None
+    total = current = 0
+    prev = ""  # kind of the previous word: small, tens, hundred, scale
+    for w in words:
+        if w in _SMALL_NUMBERS:
+            if prev in ("small",) or prev == "tens" and _SMALL_NUMBERS[w] >= 10:
+                return None  # "five six", "twenty twelve": not one number
+            current += _SMALL_NUMBERS[w]
+            prev = "small"
+        elif w in _TENS:
+            if prev in ("small", "tens"):
+                return None
+            current += _TENS[w]
+            prev = "tens"
+        elif w == "hundred" and prev in ("", "small") and current < 10:
+            current = (current or 1) * 100
+            prev = "hundred"
+        elif w in _SCALES and prev != "scale":
+            total += (current or 1) * _SCALES[w]
+            current = 0
+            prev = "scale"
+        else:
+            return None
+    return sign * (total + current)
+
+
 def _prepare(text: str) -> str:
     if not isinstance(text, str):
         raise ParseError(f"an answer must be a str, got {type(text).__name__}")
@@ -1203,23 +1407,32 @@ def _prepare(text: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def parse_answer(text: str) -> Parsed:
+def parse_answer(text: str, percent: str = "either") -> Parsed:
     """Parse one final answer (the inside of ``\\boxed{}``, the text after ``####``, ...).
+
+    ``percent`` is what ``x\\%`` (or ``x percent``) is: ``"number"`` x, ``"fraction"``
+    x/100, ``"either"`` x/100 with x as another reading (rule P).
 
     Returns a :class:`Parsed`; raises :class:`ParseError` (with where and why) for text
     it cannot read, for input longer than ``MAX_CHARS`` or nested deeper than
     ``MAX_DEPTH``. Never evaluates text as code; giant powers stay unevaluated.
     """
+    if percent not in PERCENT_MODES:
+        raise ValueError(f"percent must be one of {PERCENT_MODES}, got {percent!r}")
     s = _unwrap(_prepare(text))
     if not s:
         raise ParseError("empty answer")
     m = _CHOICE_RE.match(s) or _CHOICE_PREFIX_RE.match(s)
-    if m is not None:
+    if m is not None and not _OTHER_CHOICE_RE.search(s, m.end()):
         return Parsed(Choice(m.group(1).upper()), source=text)
+    if _WORDS_RE.match(s):
+        n = number_from_words(s)
+        if n is not None:
+            return Parsed(sympy.Integer(n), source=text, numeral=True)
     words = _word_answer(s)
     if words is not None:
         return Parsed(words, source=text)
     try:
-        return Parser(s).parse()
+        return Parser(s, percent=percent).parse()
     except RecursionError as exc:  # the depth cap should prevent this; keep it an answer error
         raise ParseError("expression nested too deeply") from exc
