@@ -122,6 +122,17 @@ def test_each_hostile_answer_is_quick_in_process(tmp_path, monkeypatch):
     assert not (tmp_path / "SENTINEL").exists()
 
 
+def test_extraction_stays_linear_against_a_long_prompt():
+    """Extraction runs in the caller's process, without the sandbox: a megabyte of hostile
+    completion against a prompt of hundreds of sentences (the copies of the problem are
+    blanked out, rule A0) must stay quick."""
+    problem = " ".join(f"Example {i}: a sentence of the few-shot prompt with {7 * i} in it." for i in range(400))
+    for completion in hostile_completions("SENTINEL") + ["$" * 1_000_000, "\\(" * 500_000, '"' * 1_000_000]:
+        start = time.monotonic()
+        extract_answer(completion, problem=problem)
+        assert time.monotonic() - start < 2.0, completion[:80]
+
+
 def test_workers_run_under_a_memory_limit(verifier):
     verifier([Sample("q", "\\boxed{1}", "1")])
     pids = verifier.pool.worker_pids

@@ -24,6 +24,8 @@ _QUOTE_WINDOW = 2000  # characters around a box searched for quotation marks
 _MAX_SPAN = 2000  # the longest math span taken as an answer
 _BARE_MAX = 200  # the longest completion taken whole as a bare answer
 _MIN_COPY = 24  # the shortest line of the problem blanked out where the completion copies it
+_FALLBACK_WINDOW = 20_000  # the fallback looks at the completion's last characters only
+_COPY_BUDGET = 20_000_000  # characters searched for copies of the problem (pieces x text length)
 
 _ANSWER_MARK_RE = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?[ \t]*", re.IGNORECASE)
 _A_LINE_RE = re.compile(r"^[ \t]*A[ \t]*:[ \t]*(\S[^\n]*)$", re.MULTILINE)
@@ -259,14 +261,20 @@ def _before_turn_marker(text: str) -> str:
 
 def _without_copies(text: str, problem: str) -> str:
     """``text`` with every verbatim copy of a line or sentence of ``problem`` (of at
-    least ``_MIN_COPY`` characters) blanked out (rule A0)."""
-    pieces = set()
-    for line in problem.split("\n"):
+    least ``_MIN_COPY`` characters) blanked out (rule A0). The problem's last pieces (its
+    question and instructions) come first; searching stops after ``_COPY_BUDGET``
+    characters, so that a huge completion against a long prompt stays cheap."""
+    pieces: dict[str, None] = {}  # in order, last line first
+    for line in reversed(problem.split("\n")):
         for piece in (line, *re.split(r"(?<=[.?!])\s+", line)):
             piece = piece.strip()
             if len(piece) >= _MIN_COPY:
-                pieces.add(piece)
-    for piece in sorted(pieces, key=len, reverse=True):
+                pieces.setdefault(piece)
+    budget = _COPY_BUDGET
+    for piece in pieces:
+        budget -= len(text)
+        if budget < 0:
+            break
         if piece in text:
             text = text.replace(piece, " ")
     return text
@@ -284,7 +292,8 @@ def extract_answer(text: str, fallback: str = "last_math", problem: str = "") ->
     4. the last line of the form ``A: ...``;
     5. by ``fallback``: ``"last_math"``: the whole completion when it is a bare answer
        (one short line, no prose), else its last math span or last number, whichever
-       comes last; ``"last_number"``: the last number; ``"none"``: nothing.
+       comes last; ``"last_number"``: the last number; ``"none"``: nothing (both looked
+       for in the last ``_FALLBACK_WINDOW`` characters).
 
     Returns None when no rule applies.
     """
@@ -306,9 +315,19 @@ def extract_answer(text: str, fallback: str = "last_math", problem: str = "") ->
             found = _clean_sentence(line.group(1)) or None
     if found is not None or fallback == "none":
         return found
+    tail = _tail(text)
     if fallback == "last_number":
-        return last_number(text)
-    return _bare_answer(text) or _last_math_or_number(text)
+        return last_number(tail)
+    return _bare_answer(text) or _last_math_or_number(tail)
+
+
+def _tail(text: str) -> str:
+    """The last ``_FALLBACK_WINDOW`` characters, cut after a whitespace (not in a number)."""
+    if len(text) <= _FALLBACK_WINDOW:
+        return text
+    cut = len(text) - _FALLBACK_WINDOW
+    m = re.compile(r"\s").search(text, cut)
+    return text[m.end():] if m else ""
 
 
 def extract_gold(answer: str) -> str:
