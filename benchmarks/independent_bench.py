@@ -140,7 +140,14 @@ def disagreements(name: str, verdicts: list, rows: list[dict], explained: dict) 
             why = f"{note['rule']}: {note['why']}"
         lines.append(f"| `{r['id']}` | `{_short(r['gold'], 50)}` | `{_short(r['prediction'])}` | "
                      f"{r['expected']} | {v} | {why} |")
-    head = [f"\n### {name}: {len(lines)} disagreements, {len(lines) - misses} explained by policy, {misses} misses\n"]
+    agreeing = {r["id"] for v, r in zip(verdicts, rows) if v == r["expected"]}
+    stale = sorted(k for k in explained if k in agreeing)  # explanations of rows that now agree
+    head = [f"\n### {name}: {len(lines)} disagreements, {len(lines) - misses} explained by policy, {misses} misses\n",
+            f"Agreement counting the explained rows as agreeing: "
+            f"{(len(rows) - misses) / len(rows):.3f}.\n"]
+    if stale:
+        head.append("Explanations for rows that now agree (to remove from explained.json): "
+                    + ", ".join(f"`{k}`" for k in stale) + "\n")
     if by_rule:
         head.append("By rule: " + ", ".join(f"{k} {n}" for k, n in sorted(by_rule.items())) + "\n")
     if lines:

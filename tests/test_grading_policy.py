@@ -352,3 +352,24 @@ def test_the_verifier_grades_by_its_preset(preset):
         verifier.close()
     assert scores == ([0.0, 0.0, 0.0, 1.0] if preset == "train" else [1.0, 1.0, 1.0, 1.0])
     assert verifier.policy == PRESETS[preset]
+
+
+# ---- the independent benchmark's explanations cite real rows and rules ---------------------
+def test_explanations_name_real_rows_and_written_rules():
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+    ids = {json.loads(line)["id"] for name in ("math_verify", "qwen25_math", "lm_eval")
+           for line in (data / f"{name}.jsonl").open(encoding="utf-8")}
+    explained = json.loads((data / "explained.json").read_text(encoding="utf-8"))
+    rules = {"A", "A0", "A1", "A2", "A3", "A4", "A5", "G", "N", "E", "T", "U", "D", "P", "S", "R", "W", "C",
+             "H", "L", "label"}
+    readme = (Path(__file__).resolve().parents[1] / "verirl" / "grading" / "README.md").read_text()
+    for preset in ("train", "eval"):
+        assert explained[preset], preset
+        for row_id, note in explained[preset].items():
+            assert row_id in ids, row_id
+            assert note["rule"] in rules and note["why"], (row_id, note)
+            if note["rule"] != "label":
+                assert f"**{note['rule']}**" in readme or f"({note['rule']})" in readme, note["rule"]
