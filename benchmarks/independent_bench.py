@@ -33,12 +33,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from verirl import Failure, Sample
-from verirl.plugins import get_verifier
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from verifier_bench import time_math_answer  # noqa: E402
+
+from verirl import Sample  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 SOURCES = ("math_verify", "qwen25_math", "lm_eval")
-BATCH = 256
 # (completion, gold) pairs run through each checker before its clock starts, so that
 # neither pays its one-time lazy imports and caches inside the timing; not benchmark rows
 WARM_UP = [
@@ -58,18 +60,8 @@ def load_rows(data: Path) -> list[dict]:
 
 
 def run_math_answer(rows: list[dict], **params) -> tuple[list[bool | None], float]:
-    verifier = get_verifier("math_answer").build(workers=1, cache_size=0, timeout=5.0, **params)
-    try:
-        samples = [Sample(r.get("question", ""), r["prediction"], r["gold"]) for r in rows]
-        verifier([Sample("", c, g) for c, g in WARM_UP])  # start the worker outside the clock
-        start = time.perf_counter()
-        scores = []
-        for i in range(0, len(samples), BATCH):
-            scores.extend(verifier(samples[i:i + BATCH]))
-        elapsed = time.perf_counter() - start
-    finally:
-        verifier.close()
-    return [None if isinstance(s, Failure) or s is None else s == 1.0 for s in scores], elapsed
+    samples = [Sample(r.get("question", ""), r["prediction"], r["gold"]) for r in rows]
+    return time_math_answer(samples, [Sample("", c, g) for c, g in WARM_UP], workers=1, **params)
 
 
 def _math_verify_call(row: dict, mv) -> bool:

@@ -39,11 +39,13 @@ from verirl.sandbox import default_workers  # noqa: E402
 BATCH = 256
 
 
-def run_math_answer(rows: list[Row], workers: int) -> tuple[list[bool | None], float]:
-    verifier = get_verifier("math_answer").build(workers=workers, cache_size=0, timeout=5.0)
+def time_math_answer(samples: list[Sample], warm_up: list[Sample], **params) -> tuple[list[bool | None], float]:
+    """``math_answer``'s verdicts on ``samples`` (None: a failure) and the seconds they
+    took, in batches of ``BATCH``, verdict cache off, after ``warm_up`` has started the
+    workers outside the clock."""
+    verifier = get_verifier("math_answer").build(cache_size=0, timeout=5.0, **params)
     try:
-        samples = [Sample("", r.completion, r.gold) for r in rows]
-        verifier(samples[:16])  # start the workers outside the clock
+        verifier(warm_up)
         start = time.perf_counter()
         scores = []
         for i in range(0, len(samples), BATCH):
@@ -51,8 +53,12 @@ def run_math_answer(rows: list[Row], workers: int) -> tuple[list[bool | None], f
         elapsed = time.perf_counter() - start
     finally:
         verifier.close()
-    verdicts = [None if isinstance(s, Failure) or s is None else s == 1.0 for s in scores]
-    return verdicts, elapsed
+    return [None if isinstance(s, Failure) or s is None else s == 1.0 for s in scores], elapsed
+
+
+def run_math_answer(rows: list[Row], workers: int) -> tuple[list[bool | None], float]:
+    samples = [Sample("", r.completion, r.gold) for r in rows]
+    return time_math_answer(samples, samples[:16], workers=workers)
 
 
 def run_in_process(rows: list[Row]) -> tuple[list[bool | None], float]:

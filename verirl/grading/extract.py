@@ -58,10 +58,11 @@ class Box(NamedTuple):
     content: str
 
 
-def _balanced(text: str, i: int) -> tuple[str, int] | None:
-    """``text[i]`` is ``{``: the content up to its matching ``}`` and the index after it."""
+def balanced_group(text: str, i: int, limit: int | None = None) -> tuple[str, int] | None:
+    """``text[i]`` is ``{``: the content up to its matching ``}`` and the index after it,
+    or None when it does not close (within ``limit`` characters)."""
     depth = 0
-    end = min(len(text), i + _MAX_BOX_SCAN)
+    end = len(text) if limit is None else min(len(text), i + limit)
     j = i
     while j < end:
         c = text[j]
@@ -88,7 +89,7 @@ def boxes(text: str) -> list[Box]:
         while j < len(text) and text[j] == " ":
             j += 1
         if j < len(text) and text[j] == "{":
-            found = _balanced(text, j)
+            found = balanced_group(text, j, _MAX_BOX_SCAN)
             if found is not None:
                 out.append(Box(m.start(), found[1], found[0].strip()))
         elif j > m.end():

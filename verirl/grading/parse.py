@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import sympy
 from sympy.core.sympify import SympifyError
 
+from verirl.grading.extract import balanced_group
 from verirl.grading.policy import MAX_CHARS, PERCENT_MODES
 
 MAX_DEPTH = 100  # deepest nesting (each bracket level counts about 3: group, item, operand)
@@ -158,21 +159,10 @@ _OPS1 = set("+-*/^_()[]{},;=<>|!&:'%.")
 
 def _read_group(text: str, i: int) -> tuple[str, int]:
     """``text[i]`` is ``{``: return the balanced content and the index after ``}``."""
-    depth = 0
-    j = i
-    while j < len(text):
-        c = text[j]
-        if c == "\\" and j + 1 < len(text):
-            j += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j], j + 1
-        j += 1
-    raise ParseError(f"unbalanced '{{' at position {i}")
+    found = balanced_group(text, i)
+    if found is None:
+        raise ParseError(f"unbalanced '{{' at position {i}")
+    return found
 
 
 def tokenize(text: str) -> list[Tok]:
