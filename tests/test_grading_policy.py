@@ -19,7 +19,7 @@ from verirl.grading.equiv import equivalent
 from verirl.grading.extract import extract_answer, extract_gold
 from verirl.grading.judge import is_equivalent, quick_verdict
 from verirl.grading.numbers import plain_number, plain_verdict
-from verirl.grading.parse import ParseError, canonical_unit, number_from_words, parse_answer
+from verirl.grading.parse import ParseError, Ratio, canonical_unit, number_from_words, parse_answer
 from verirl.grading.policy import FIELDS, PRESETS, Policy, make_policy
 from verirl.plugins import get_verifier
 
@@ -302,6 +302,25 @@ def test_unit_names(word, unit):
                                           ("five six", None), ("twenty twelve", None), ("east", None)])
 def test_number_words(words, value):
     assert number_from_words(words) == value
+
+
+@pytest.mark.parametrize("text, value, units, numeral", [
+    ("5\\text{ cm}", 5, {"cm"}, True),
+    ("15\\mbox{ cm}^2", 15, {"cm"}, True),
+    ("90^\\circ", 90, {"degree"}, True),
+    ("\\sin 30^\\circ", sympy.Rational(1, 2), set(), False),  # an angle, not a unit
+    ("2:4", Ratio((2, 4)), set(), True),
+    ("S_{1}:S_{2} = 7:32", Ratio((7, 32)), set(), True),
+    ("x = \\frac{1}{3} \\approx 0.33", sympy.Eq(sympy.Symbol("x"), sympy.Rational(1, 3)), set(), True),
+    ("\\approx 3.14", sympy.Float("3.14"), set(), True),
+    ("1.5\\times10^{3}", sympy.Float(1500), set(), True),
+    ("3 \\cdot 500", 1500, set(), False),
+    ("twenty-one", 21, set(), True),
+    ("0 < f(x) < 1", sympy.Interval.open(0, 1), set(), False),
+])
+def test_what_the_parser_records(text, value, units, numeral):
+    parsed = parse_answer(text)
+    assert parsed.value == value and set(parsed.units) == units and parsed.numeral == numeral
 
 
 def test_percent_modes_parse_differently():

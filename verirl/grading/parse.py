@@ -8,12 +8,15 @@ recursive-descent (Pratt) parser. No string ever reaches ``eval``, ``exec``,
 
 What it reads: integers (``10,080``, ``10,\\!080``), decimals, ``a/b``, ``\\frac``
 (``\\dfrac``, ``\\tfrac``, ``\\frac12``), mixed numbers (``2\\frac{1}{2}``, ``2 1/2``),
-percentages, currency and units (dropped), scientific notation (``1.5e3``,
-``1.5\\times10^{3}``), ``^``/``**``, ``\\sqrt{}``, ``\\sqrt[n]{}``, constants, functions,
-implicit multiplication, ``\\infty``, degrees, equations and inequalities, tuples,
-intervals (open/closed ends) and unions, sets ``\\{...\\}``, lists (``1, 2``,
-``x=1 \\text{ and } x=2``), ``\\pm``, matrices (``pmatrix``/``bmatrix``/...), numbers in
-a base (``204_5``), multiple-choice letters ``(B)`` and word answers (``\\text{east}``).
+percentages (read by the policy's percent mode), currency, units (left out of the value,
+recorded in ``Parsed.units``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``),
+``^``/``**``, ``\\sqrt{}``, ``\\sqrt[n]{}``, constants, functions, implicit
+multiplication, ``\\infty``, degrees (radians inside trigonometric functions), equations,
+inequalities and ``\\approx``, ratios ``a:b``, tuples, intervals (open/closed ends) and
+unions, sets ``\\{...\\}``, lists (``1, 2``, ``x=1 \\text{ and } x=2``), ``\\pm``, matrices
+(``pmatrix``/``bmatrix``/...), numbers in a base (``204_5``), multiple-choice letters
+``(B)``, numbers in words (``twenty-one``) and word answers (``\\text{east}``). Whether a
+value was written as a number or computed is kept in ``Parsed.numeral``.
 
 Guards: the input length, nesting depth, digits of a literal and the size of any power
 are capped before anything is built. A power whose value would have more than
