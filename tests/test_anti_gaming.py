@@ -96,9 +96,10 @@ def test_the_whole_table_in_one_batch_is_the_same(train_verifier):
     assert scores == [e for _, _, _, e, _ in ATTEMPTS]
 
 
-def test_a_giant_expression_is_stopped_by_the_time_bound_when_accepted():
+def test_a_giant_expression_is_bounded_in_time_when_accepted():
     """Under the lenient preset a computation may stand for the number (rule E off), so the
-    giant expression is evaluated, and the hard time bound stops it: a timeout, never a 1."""
+    giant expression is evaluated, under the hard time bound: its verdict is its value's (it
+    does equal 14) or a timeout, and the call ends within the bound plus the worker's start."""
     verifier = get_verifier("math_answer").build(preset="eval", workers=1, timeout=0.05, cache_size=0)
     try:
         start = time.monotonic()
@@ -106,5 +107,5 @@ def test_a_giant_expression_is_stopped_by_the_time_bound_when_accepted():
         elapsed = time.monotonic() - start
     finally:
         verifier.close()
-    assert isinstance(score, Failure) and score.kind == "timeout"
+    assert score == 1.0 or isinstance(score, Failure) and score.kind == "timeout", score
     assert elapsed < 30  # the worker's start-up plus the 0.05 s bound, on a loaded machine
