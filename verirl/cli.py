@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out", default=None, help="write per-problem completions and correctness as JSONL")
 
+    ab = sub.add_parser("ablate", help="run an ablation (arms × seeds) and write ablation.md and ablation.png")
+    ab.add_argument("config", help="ablation YAML: base config, seeds, arms (see configs/ablation_tiny.yaml)")
+    ab.add_argument("--out", default=None, help="output folder (default: runs/ablate_<config name>)")
+    ab.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    ab.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    ab.add_argument("--report-only", action="store_true", help="re-read the finished runs, run nothing")
+
     sub.add_parser("verifiers", help="list the registered verifiers")
 
     vf = sub.add_parser("verify", help="score completions in a JSONL file")
@@ -71,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
-        handler = {"train": cmd_train, "eval": cmd_eval, "verifiers": cmd_verifiers, "verify": cmd_verify}[args.command]
+        handler = {"train": cmd_train, "eval": cmd_eval, "verifiers": cmd_verifiers, "verify": cmd_verify,
+                   "ablate": cmd_ablate}[args.command]
         return handler(args)
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -99,6 +107,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if evals:
         print(f"eval/accuracy: {evals[0][1]:.3f} at step {evals[0][0]} → {evals[-1][1]:.3f} at step {evals[-1][0]}", file=sys.stderr)
     print(f"run directory: {config.train.output_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from verirl.ablate import run_ablation
+
+    if args.jobs < 1 or args.threads < 1:
+        raise UsageError("--jobs and --threads must be ≥ 1")
+    start = time.perf_counter()
+    report = run_ablation(args.config, args.out, jobs=args.jobs, threads=args.threads, report_only=args.report_only)
+    print(report.read_text())
+    print(f"written: {report}, {report.with_name('ablation.png')} ({time.perf_counter() - start:.0f} s)",
+          file=sys.stderr)
     return 0
 
 

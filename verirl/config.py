@@ -7,6 +7,7 @@ loads.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib.util
@@ -294,6 +295,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return config_from_mapping(data, overrides)
+
+
+def config_from_mapping(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated config from a mapping of sections (as a YAML file holds) plus overrides."""
+    data = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)

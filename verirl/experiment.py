@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 Curve = list[tuple[float, float]]
+SERIES = ("reward/", "rollout/len_mean")  # per-step metrics a RunResult keeps as curves
 
 
 @dataclass
@@ -55,6 +56,7 @@ class RunResult:
     wall_s: float
     steps: int
     clip_frac: float = float("nan")  # mean policy/clip_frac over steps: how often the loss cut a gradient
+    series: dict[str, Curve] = field(default_factory=dict)  # reward/* and rollout/len_mean against samples drawn
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -161,6 +163,8 @@ def read_run(directory: Path) -> RunResult:
         steps=len(steps),
         clip_frac=statistics.fmean(clips) if (clips := [m["policy/clip_frac"] for m in steps
                                                         if "policy/clip_frac" in m]) else float("nan"),
+        series={key: [(drawn[m["step"]], m[key]) for m in steps if isinstance(m.get(key), (int, float))]
+                for key in sorted({k for m in steps for k in m if k.startswith(SERIES)})},
     )
 
 
@@ -182,8 +186,8 @@ def samples_to_reach(curve: Curve, target: float) -> float | None:
 
 
 def mean_sd(values: Sequence[float | None]) -> tuple[float, float, int] | None:
-    """``(mean, sample std, n)`` of the values that are not None; None if there are none."""
-    got = [v for v in values if v is not None]
+    """``(mean, sample std, n)`` of the values that are not None or nan; None if there are none."""
+    got = [v for v in values if v is not None and v == v]
     if not got:
         return None
     return statistics.fmean(got), (statistics.stdev(got) if len(got) > 1 else 0.0), len(got)
