@@ -30,6 +30,7 @@ from verirl import advantages as adv_fns
 from verirl import losses
 from verirl.batching import chunks, minibatches
 from verirl.critic import Critic, SharedValueHead, build_critic
+from verirl.guard import guard_step
 from verirl.losses import LossScale
 from verirl.metrics import UpdateStats
 from verirl.models import _takes_logits_to_keep, completion_logits, sequence_inputs
@@ -393,12 +394,14 @@ class PPO:
         acc = UpdateStats()
         grad_norms: list[float] = []
         critic_grad_norms: list[float] = []
+        skipped = 0  # optimizer steps left out for a NaN/inf loss or gradient
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             self.critic_optimizer.zero_grad(set_to_none=True)
             scale = LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            mb_losses = []
             for rows in chunks(mb, micro):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=old_values.device)
@@ -424,14 +427,16 @@ class PPO:
                 )
                 loss.backward()
                 stats["loss"] = loss.detach()
+                mb_losses.append(stats["loss"])
                 acc.add({**stats, **filter_stats})
-            if o.max_grad_norm > 0:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy_params, o.max_grad_norm)))
-                critic_grad_norms.append(float(torch.nn.utils.clip_grad_norm_(critic_params, o.max_grad_norm)))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.critic_optimizer.step()
-            self.critic_scheduler.step()
+            # clip each, then both optimizers and schedules, unless the loss or a gradient is NaN/inf
+            done = guard_step([policy_params, critic_params], o.max_grad_norm,
+                              [self.optimizer.step, self.scheduler.step,
+                               self.critic_optimizer.step, self.critic_scheduler.step], mb_losses)
+            if done.taken:
+                grad_norms.append(done.grad_norms[0])
+                critic_grad_norms.append(done.grad_norms[1])
+            skipped += not done.taken
             acc.end_minibatch()
         critic_keys = {"value_loss", "vf_clip_frac"}
         out = {(f"critic/{k}" if k in critic_keys else f"policy/{k}"): v for k, v in acc.means().items()}
@@ -439,4 +444,5 @@ class PPO:
             out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
             out["critic/grad_norm"] = sum(critic_grad_norms) / len(critic_grad_norms)
         out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
+        out["optim/skipped_updates"] = skipped
         return out
