@@ -1,15 +1,21 @@
-"""Per-step metrics: ``metrics.jsonl`` (one JSON object per step), TensorBoard when
-installed, and helpers for memory and timing."""
+"""Per-step metrics: ``metrics.jsonl`` (one JSON object per step, always), the logging
+backends asked for in ``train.report_to`` (TensorBoard, Weights & Biases), and helpers
+for memory and timing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol, Sequence
+
+from verirl.registry import lookup, registrar
+from verirl.verifier import ConfigError
 
 log = logging.getLogger("verirl.metrics")
 
@@ -63,54 +69,141 @@ class UpdateStats:
         return out
 
 
+class Backend(Protocol):
+    """A logging backend besides ``metrics.jsonl`` (``train.report_to``)."""
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Record the finite numeric metrics of one step."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunInfo:
+    """What a backend is told about the run it logs."""
+
+    output_dir: Path
+    name: str  # the run's display name
+    config: dict[str, Any]  # the resolved config, as plain data
+    resume_step: int | None  # the checkpoint's step when resuming, else None
+    wandb_project: str = "verirl"
+
+
+BACKENDS: dict[str, Callable[[RunInfo], Backend]] = {}
+register_backend = registrar(BACKENDS, "logging backend")
+# the package each backend needs, and the extra that installs it
+BACKEND_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_backends(names: Sequence[str]) -> None:
+    """A ConfigError for a backend whose library is not installed (before any model loads)."""
+    for name in names:
+        package = BACKEND_PACKAGES.get(name, name)
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.report_to includes {name!r}, but the {package} package is not installed: "
+                              f"pip install 'verirl[logging]' (or {package}), or take {name!r} out of train.report_to")
+
+
+@register_backend("tensorboard")
+class TensorBoardBackend:
+    """TensorBoard event files in ``OUTPUT_DIR/tb`` (``torch.utils.tensorboard``, which
+    writes through the tensorboard package). On resume from step ``s`` the events of
+    steps after ``s`` are purged, as ``metrics.jsonl``'s lines are."""
+
+    def __init__(self, run: RunInfo):
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if run.resume_step is None else run.resume_step + 1
+        self.writer = SummaryWriter(str(run.output_dir / "tb"), purge_step=purge)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@register_backend("wandb")
+class WandbBackend:
+    """A Weights & Biases run (``wandb.init`` in ``OUTPUT_DIR``, the resolved config
+    attached). Its id is kept in ``OUTPUT_DIR/wandb-run-id`` so a resumed run continues
+    the same W&B run; W&B keeps the first values it got for a step, so steps redone after
+    a kill keep the killed run's values there (``metrics.jsonl`` holds the redone ones).
+    ``WANDB_MODE=offline`` writes the run under ``OUTPUT_DIR/wandb`` only."""
+
+    def __init__(self, run: RunInfo):
+        import wandb
+
+        id_file = run.output_dir / "wandb-run-id"
+        if run.resume_step is not None and id_file.exists():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = wandb.util.generate_id()
+            id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=run.wandb_project, name=run.name, id=run_id, resume="allow",
+                              dir=str(run.output_dir), config=run.config)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def make_backends(names: Sequence[str], run: RunInfo) -> list[Backend]:
+    """The backends named in ``train.report_to``, in order."""
+    check_backends(names)
+    return [lookup(BACKENDS, "logging backend", name)(run) for name in names]
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Drop the lines of ``path`` whose ``step`` is after ``step`` (written by a run that
+    was killed after its last checkpoint), and any line cut short by the kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 class MetricsWriter:
-    """Appends one JSON line per step to ``output_dir/metrics.jsonl``.
+    """Appends one JSON line per step to ``output_dir/metrics.jsonl`` and hands the
+    numeric values to the logging backends.
 
     On resume from step ``s`` the lines of steps after ``s`` (written by the run that
     was killed) are dropped first, so the file holds each step once.
     """
 
-    def __init__(self, output_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, output_dir: str | Path, resume_step: int | None = None, backends: Sequence[Backend] = ()):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
         else:
-            self._truncate_after(resume_step)
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.info("tensorboard is not installed; metrics go to %s only", self.path)
-            else:
-                self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
-
-    def _truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill
-        self.path.write_text("".join(line + "\n" for line in kept))
+            truncate_jsonl_after(self.path, resume_step)
+        self.backends = list(backends)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, step)
+        scalars = {k: float(v) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for backend in self.backends:
+            backend.log(step, scalars)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
 
 
 def _jsonable(value: Any) -> Any:
