@@ -53,10 +53,45 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+def check_model_source(name_or_path: str, what: str = "model.name_or_path") -> None:
+    """A ConfigError, before anything loads, when ``name_or_path`` can be neither a model
+    directory here nor a hub id: a missing local path gets "not found", not transformers'
+    "Repo id must be in the form..." deep inside the load. A well-formed hub id that is
+    not found is reported when it is loaded (:func:`load_tokenizer`)."""
+    path = Path(resolve_path(name_or_path)).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{what} {name_or_path!r} is a file; it must be a model directory "
+                              "(config.json and weights, as save_pretrained writes), a hub id, or builtin:NAME")
+        if not (path / "config.json").exists() and not (path / ADAPTER_DIR / "adapter_config.json").exists():
+            raise ConfigError(f"{what} {name_or_path!r} is a directory without config.json: not a model "
+                              "directory (a run's models are in its checkpoints/step_NNNNNN/)")
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ConfigError(f"{what} {name_or_path!r} not found: no such local directory, and not a hub id "
+                          "(ORG/NAME); give a model directory, a hub id, or builtin:tiny-arith") from None
+
+
+def _hub_not_found(name_or_path: str, what: str, exc: OSError) -> ConfigError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"{what} {name_or_path!r} not found: no such local directory, and the Hugging Face hub "
+                       f"(or its cache) has no such model ({first})")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, what: str = "model.name_or_path") -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_path(name_or_path), trust_remote_code=trust_remote_code)
+    source = resolve_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if Path(source).exists():
+            raise
+        raise _hub_not_found(name_or_path, what, exc) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -65,7 +100,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 ADAPTER_DIR = "adapter"  # a LoRA run's checkpoint keeps its peft adapter here
 
 
-def load_causal_lm(name_or_path: str, dtype: str, device: torch.device, trust_remote_code: bool = False) -> Any:
+def load_causal_lm(name_or_path: str, dtype: str, device: torch.device, trust_remote_code: bool = False,
+                   what: str = "model.name_or_path") -> Any:
     """A causal LM from a hub id, a local directory or ``builtin:NAME``. A checkpoint of a
     LoRA run (its adapter in ``ADAPTER_DIR/``) loads as its base model with the adapter
     merged in, for evaluation and as a starting point."""
@@ -78,11 +114,27 @@ def load_causal_lm(name_or_path: str, dtype: str, device: torch.device, trust_re
         from peft import PeftModel
 
         base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = load_causal_lm(base, dtype, device, trust_remote_code)
+        model = load_causal_lm(base, dtype, device, trust_remote_code, what)
         return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                 **dtype_kwarg(DTYPES[dtype]))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                     **dtype_kwarg(DTYPES[dtype]))
+    except OSError as exc:
+        if Path(path).exists():
+            raise
+        raise _hub_not_found(name_or_path, what, exc) from None
     return model.to(device)
+
+
+def position_limit(model: Any) -> int | None:
+    """The most positions (prompt + completion tokens) ``model`` was built for, if its
+    config says."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def attach_lora(model: Any, rank: int, alpha: float, dropout: float, target_modules: str | list[str],
