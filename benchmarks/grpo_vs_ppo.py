@@ -81,7 +81,7 @@ def run_child(config_path: str, out: str, overrides: list[str]) -> int:
     from verirl.trainer import Trainer
 
     config = load_config(config_path, [*overrides, f"train.output_dir={out}", "train.progress=false",
-                                       "train.resume=false"])
+                                       "train.resume=false", "train.overwrite=true"])
     start = time.perf_counter()
     trainer = Trainer(config)
     params = held_parameters(trainer)

@@ -155,7 +155,7 @@ def build_config(config_path: Path, args: argparse.Namespace, work: Path, traine
         "train.eval_every=0",  # both final models are evaluated by this script, the same way
         "train.save_every=0",
         "train.progress=false",
-        "train.tensorboard=false",
+        "train.overwrite=true",  # a --work-dir given again is rerun afresh
         "train.device=cpu",
     ]
     for key, value in (("optim.lr", args.lr), ("algo.beta", args.beta), ("train.seed", args.seed),

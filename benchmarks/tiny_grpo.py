@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
         if len(argv) < 2:
             raise SystemExit("--config needs a path to a YAML config")
         path, argv = Path(argv[1]), argv[2:]
-    config = load_config(path, [f"train.output_dir=runs/bench_{path.stem}", *argv])
+    # every run of the benchmark starts afresh in the same directory
+    config = load_config(path, [f"train.output_dir=runs/bench_{path.stem}", "train.overwrite=true", *argv])
     start = time.perf_counter()
     trainer = Trainer(config)
     rows = []

@@ -60,7 +60,7 @@ def overrides(char_model, problems, out, steps):
     return [
         f"model.name_or_path={char_model}", f"data.train={problems}", "data.eval=null",
         "data.prompt_template=Q: {question} A:", "rewards=[{verifier: first_digit}]", f"train.output_dir={out}",
-        "train.progress=false", "train.tensorboard=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
+        "train.progress=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
         "rollout.max_new_tokens=4", "algo.beta=0", "optim.lr=1e-2", "train.save_every=1", f"train.steps={steps}",
         "train.keep_checkpoints=5",
     ]

@@ -330,7 +330,7 @@ def ppo_config(char_model, problems_file, out, *extra):
     return load_config(None, [
         f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
         "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
-        f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={out}", "train.progress=false",
         "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=6",
         "optim.lr=1e-2", "algo.name=ppo", "algo.critic_lr=1e-2", "train.save_every=0", "train.seed=1", *extra,
     ])

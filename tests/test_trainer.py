@@ -29,7 +29,7 @@ def make_config(char_model, problems_file, out, *extra):
         f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
         "data.prompt_template='Q: {question}\nA:'",
         "rewards=[{verifier: starts_with_digit}]", f"train.output_dir={out}", "train.progress=false",
-        "train.tensorboard=false", "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=6",
+        "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=6",
         "optim.lr=1e-2", "algo.beta=0", "train.save_every=0", "train.seed=1", *extra,
     ])
 
@@ -117,8 +117,11 @@ def test_step_token_indices_with_a_char_tokenizer(char_model):
 def test_bad_verifier_fails_before_the_model_loads(problems_file, tmp_path):
     from verirl import ConfigError
 
-    config = load_config(None, ["model.name_or_path=/nonexistent/model", f"data.train={problems_file}",
-                                "data.eval=null", "rewards=[{verifier: nope}]", f"train.output_dir={tmp_path}"])
+    model = tmp_path / "model"  # looks like a model directory; loading it would fail
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = load_config(None, [f"model.name_or_path={model}", f"data.train={problems_file}",
+                                "data.eval=null", "rewards=[{verifier: nope}]", f"train.output_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="unknown verifier 'nope'"):
         Trainer(config)
 

@@ -32,13 +32,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("verirl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from verirl import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verirl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"verirl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a policy with GRPO (or PPO) from a YAML config")
-    train.add_argument("config", help="YAML config (see configs/)")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=10 algo.beta=0")
+    train.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    train.add_argument("overrides", nargs="*", help="optional dotted overrides, e.g. train.steps=10 algo.beta=0")
 
     ev = sub.add_parser("eval", help="accuracy (pass@1, pass@k, maj@k) of a model on a dataset")
     ev.add_argument("--model", required=True, help="model directory, hub id, or builtin:tiny-arith")
@@ -48,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", default="1", help="comma-separated k for pass@k and maj@k (k ≤ n)")
     ev.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else 1.0")
     ev.add_argument("--top-p", type=float, default=1.0)
-    ev.add_argument("--max-new-tokens", type=int, default=512)
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="generation limit (default 512); capped at what the model's positions leave after the prompt")
     ev.add_argument("--limit", type=int, default=0, help="evaluate the first N problems (0: all)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--prompt-template", default=None, help="e.g. 'Question: {question}\\nAnswer:' (default: chat template)")
+    ev.add_argument("--question-field", default=None, help="column holding the question (default: question/problem/prompt/query)")
+    ev.add_argument("--answer-field", default=None, help="column holding the gold answer (default: answer/solution/gold/target)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out", default=None, help="write per-problem completions and correctness as JSONL")
 
@@ -63,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--report-only", action="store_true", help="re-read the finished runs, run nothing")
 
     sub.add_parser("verifiers", help="list the registered verifiers")
+
+    cf = sub.add_parser("config", help="print a config as YAML with each key's meaning (--defaults: the defaults)")
+    cf.add_argument("config", nargs="?", help="YAML config to resolve (default: none, i.e. the defaults)")
+    cf.add_argument("overrides", nargs="*", help="dotted overrides, as for train")
+    cf.add_argument("--defaults", action="store_true", help="print the full default config")
+
+    pl = sub.add_parser("plot", help="PNG curves of one or more runs (needs matplotlib: pip install 'verirl[plot]')")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (train.output_dir), overlaid")
+    pl.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png for one run, curves.png for several)")
+    pl.add_argument("--keys", nargs="+", default=None, metavar="KEY",
+                    help="metrics to plot, one panel each; shell-style patterns allowed, e.g. 'reward/*' "
+                         "(default: reward, eval accuracy, KL, clip fraction, entropy, length, zero-std fraction, step time)")
+    pl.add_argument("--x", choices=["step", "samples"], default="step", help="x axis: training step or samples seen")
+    pl.add_argument("--smooth", type=int, default=None,
+                    help="rolling-mean window in steps for per-step curves (default: about 1/25 of the run; 1: raw)")
 
     vf = sub.add_parser("verify", help="score completions in a JSONL file")
     vf.add_argument("input", help="JSONL: each line holds 'completion' and 'answer' (other fields pass through)")
@@ -79,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = {"train": cmd_train, "eval": cmd_eval, "verifiers": cmd_verifiers, "verify": cmd_verify,
-                   "ablate": cmd_ablate}[args.command]
+                   "ablate": cmd_ablate, "config": cmd_config, "plot": cmd_plot}[args.command]
         return handler(args)
+    except SystemExit as exc:  # --version, --help
+        return exc.code if isinstance(exc.code, int) else 0
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -95,18 +128,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from verirl.config import load_config
-    from verirl.trainer import Trainer
+    from verirl.report import run_summary
+    from verirl.trainer import Trainer, TrainingAborted
 
+    if args.config is None:
+        raise UsageError("verirl train needs a config file, e.g. `verirl train configs/tiny.yaml` "
+                         "(then any key=value overrides)")
+    if "=" in args.config and not Path(args.config).exists():
+        raise UsageError(f"verirl train: the first argument is the config file, got {args.config!r}; "
+                         f"e.g. `verirl train configs/tiny.yaml {args.config}`")
+    start = time.perf_counter()
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config)
+    first_step = trainer.step
     try:
-        records = trainer.train()
+        trainer.train()
+    except TrainingAborted as exc:
+        print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
-    evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
-    if evals:
-        print(f"eval/accuracy: {evals[0][1]:.3f} at step {evals[0][0]} → {evals[-1][1]:.3f} at step {evals[-1][0]}", file=sys.stderr)
-    print(f"run directory: {config.train.output_dir}", file=sys.stderr)
+    print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from verirl.config import Config, load_config
+    from verirl.config_reference import commented_yaml
+
+    if args.defaults and (args.config or args.overrides):
+        raise UsageError("verirl config --defaults prints the defaults alone; leave out the config and overrides")
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path and not Path(path).exists():  # `verirl config train.steps=5`
+        path, overrides = None, [path, *overrides]
+    config = Config() if args.defaults else load_config(path, overrides)
+    print(commented_yaml(config), end="")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("verirl plot needs matplotlib: pip install 'verirl[plot]' (or matplotlib)")
+    from verirl.plotting import plot_runs, read_run, run_names
+
+    dirs = [Path(r) for r in args.runs]
+    for d in dirs:
+        if not (d / "metrics.jsonl").exists():
+            raise UsageError(f"{d} is not a run directory: it has no metrics.jsonl (a train.output_dir holds one)")
+    runs = {name: read_run(d) for name, d in zip(run_names(dirs), dirs)}
+    out = Path(args.out) if args.out else (dirs[0] / "curves.png" if len(dirs) == 1 else Path("curves.png"))
+    plot_runs(runs, keys=args.keys, x=args.x, out=out, smooth=args.smooth)
+    print(out)
     return 0
 
 
@@ -203,7 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from verirl.data import build_prompt, load_problems
     from verirl.evaluation import evaluate
-    from verirl.models import load_causal_lm, load_tokenizer, pick_device
+    from verirl.models import check_model_source, load_causal_lm, load_tokenizer, pick_device
     from verirl.rewards import RewardFunction, parse_rewards
     from verirl.rollout import make_engine
 
@@ -216,30 +291,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
     if args.n > 1 and temperature == 0:
         raise UsageError("--n > 1 needs sampling: set --temperature > 0")
-    problems = load_problems(EVAL_SETS.get(args.data, args.data), args.format)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
+    check_model_source(args.model, what="--model")
+    problems = load_problems(EVAL_SETS.get(args.data, args.data), args.format, args.question_field,
+                             args.answer_field, field_hint="--{what}-field")
     if args.limit:
         problems = problems[: args.limit]
-    device = pick_device(args.device)
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, "bfloat16" if device.type == "cuda" else "float32", device)
+    device = pick_device(args.device, what="--device")
+    tokenizer = load_tokenizer(args.model, what="--model")
+    model = load_causal_lm(args.model, "bfloat16" if device.type == "cuda" else "float32", device, what="--model")
     model.eval()
     engine = make_engine("hf", model, tokenizer)
     prompts = [build_prompt(tokenizer, p.question, args.prompt_template, None) for p in problems]
+    max_new_tokens = _eval_token_limit(args.max_new_tokens, model, tokenizer, prompts)
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(problems), desc="verirl eval", unit="problem", file=sys.stderr,
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
     start = time.perf_counter()
-    with RewardFunction(parse_rewards([{"verifier": "math_answer"}], source="eval")) as reward_fn:
-        extract = _answer_extractor()
-        with torch.no_grad():
-            result = evaluate(engine, problems, prompts, lambda s: reward_fn(s).rewards, n=args.n,
-                              temperature=temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, ks=ks, extract=extract)
+    try:
+        with RewardFunction(parse_rewards([{"verifier": "math_answer"}], source="eval")) as reward_fn:
+            extract = _answer_extractor()
+            with torch.no_grad():
+                result = evaluate(engine, problems, prompts, lambda s: reward_fn(s).rewards, n=args.n,
+                                  temperature=temperature, top_p=args.top_p, max_new_tokens=max_new_tokens,
+                                  batch_size=args.batch_size, ks=ks, extract=extract,
+                                  on_batch=progress.update if progress is not None else None)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             for p, texts, flags in zip(problems, result.completions, result.correct):
                 fh.write(json.dumps({"question": p.question, "answer": p.answer, "completions": texts, "correct": flags}) + "\n")
-    metrics = {"problems": len(problems), "n": args.n, "temperature": temperature, **result.metrics,
-               "seconds": round(time.perf_counter() - start, 2)}
+    metrics = {"problems": len(problems), "n": args.n, "temperature": temperature, "max_new_tokens": max_new_tokens,
+               **result.metrics, "seconds": round(time.perf_counter() - start, 2)}
     print(json.dumps(metrics))
     return 0
+
+
+EVAL_MAX_NEW_TOKENS = 512  # --max-new-tokens when not given, before the model's cap
+
+
+def _eval_token_limit(asked: int | None, model: Any, tokenizer: Any, prompts: list[str]) -> int:
+    """``--max-new-tokens`` (default 512), capped at the positions the model has left after
+    the longest prompt; a cap on an explicit value is reported."""
+    from verirl.models import position_limit
+
+    wanted = asked if asked is not None else EVAL_MAX_NEW_TOKENS
+    limit = position_limit(model)
+    if limit is None or not prompts:
+        return wanted
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    room = limit - longest
+    if room < 1:
+        raise UsageError(f"the longest prompt takes {longest} tokens, and the model has only {limit} positions")
+    if wanted > room:
+        if asked is not None:
+            print(f"note: --max-new-tokens {asked} capped at {room}: the model has {limit} positions and the "
+                  f"longest prompt takes {longest}", file=sys.stderr)
+        return room
+    return wanted
 
 
 def _answer_extractor() -> Any:

@@ -155,25 +155,39 @@ class TrainConfig:
     eval_greedy: bool = True  # greedy eval; else sampled at rollout temperature
     eval_batch_size: int = 64  # problems per eval generate() call
     log_samples: int = 2  # completions written to samples.jsonl per step
-    resume: bool = False  # continue from the newest checkpoint in output_dir
+    show_samples_every: int = 50  # print a table of sampled completions and their scores every N steps (0: never)
+    show_samples: int = 4  # completions in that table (the first of as many groups)
+    resume: bool = False  # continue from the newest checkpoint in output_dir (an error when there is none)
+    overwrite: bool = False  # start afresh in an output_dir holding an earlier run: its checkpoints, metrics and samples are deleted
+    max_bad_updates: int = 10  # stop the run when more optimizer steps than this were skipped for a NaN/inf loss or gradient
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # torch CPU threads (0: torch's default)
     progress: bool = True  # show a progress bar
-    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    report_to: list[str] = field(default_factory=list)  # logging backends besides metrics.jsonl: tensorboard, wandb
+    run_name: str | None = None  # the run's name in W&B (None: output_dir's folder name)
+    wandb_project: str = "verirl"  # W&B project (report_to: [wandb]); WANDB_MODE=offline keeps it on disk
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"verifier": "math_answer", "weight": 1.0}])
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy model
+    data: DataConfig = field(default_factory=DataConfig)  # training and eval problems, prompts
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # sampling the completions
+    rewards: list[dict[str, Any]] = field(default_factory=lambda: [{"verifier": "math_answer", "weight": 1.0}])  # verifier terms {verifier, weight, fallback, params...}; the reward is their weighted sum
+    algo: AlgoConfig = field(default_factory=AlgoConfig)  # advantages and the policy loss (GRPO or PPO)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule
+    train: TrainConfig = field(default_factory=TrainConfig)  # the run: steps, output, eval, checkpoints, logging
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+# Keys that were removed or renamed: a config that still sets one is told what replaced it.
+REPLACED_KEYS = {
+    "train.tensorboard": "config key 'train.tensorboard' was replaced by train.report_to: write "
+                         "train.report_to=[tensorboard] (needs pip install 'verirl[logging]'), or leave it out "
+                         "for metrics.jsonl alone",
+}
 
 
 def _plain(value: Any) -> Any:
@@ -247,6 +261,8 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            if prefix + str(key) in REPLACED_KEYS:
+                raise ConfigError(REPLACED_KEYS[prefix + str(key)])
             near = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(prefix + n for n in near)}?" if near else ""
             raise ConfigError(
@@ -337,6 +353,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
     _validate_algorithm(config)
     _validate_optim_and_model(config)
+    _validate_train(t)
     if a.name == "ppo":
         _validate_ppo(config)
     from verirl.rewards import parse_rewards
@@ -410,6 +427,24 @@ def _validate_optim_and_model(config: Config) -> None:
         if config.algo.name == "ppo" and config.algo.critic == "shared":
             raise ConfigError("model.lora_rank with algo.critic=shared is not supported: the value head would sit on a "
                               "trunk whose base weights are frozen; use algo.critic=separate")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    """The run's own keys: counts, the resume/overwrite choice, the logging backends."""
+    from verirl.metrics import BACKENDS
+
+    for key in ("show_samples_every", "show_samples", "max_bad_updates", "save_every", "eval_every", "log_samples"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be ≥ 0, got {getattr(t, key)}")
+    if t.resume and t.overwrite:
+        raise ConfigError("train.resume=true continues the run in output_dir and train.overwrite=true deletes it: "
+                          "set one of them")
+    for name in t.report_to:
+        if name not in BACKENDS:
+            raise ConfigError(f"train.report_to: unknown logging backend {name!r}; choose from {sorted(BACKENDS)} "
+                              "(metrics.jsonl is always written)")
+    if len(set(t.report_to)) != len(t.report_to):
+        raise ConfigError(f"train.report_to names a backend twice: {t.report_to}")
 
 
 def _validate_ppo(config: Config) -> None:

@@ -96,7 +96,8 @@ def gold_answer(row: dict[str, Any], answer_text: str, fmt: str) -> str | None:
     return None
 
 
-def _pick(row: dict[str, Any], explicit: str | None, candidates: Sequence[str], what: str, where: str) -> str:
+def _pick(row: dict[str, Any], explicit: str | None, candidates: Sequence[str], what: str, where: str,
+          field_hint: str) -> str:
     keys = (explicit,) if explicit else candidates
     for key in keys:
         if key in row and row[key] is not None:
@@ -104,7 +105,7 @@ def _pick(row: dict[str, Any], explicit: str | None, candidates: Sequence[str], 
             return value if isinstance(value, str) else str(value)
     raise ConfigError(
         f"{where}: no {what} field (looked for {', '.join(map(repr, keys))}; row has {sorted(row)}); "
-        f"set data.{what}_field"
+        f"set {field_hint.format(what=what)}"
     )
 
 
@@ -113,17 +114,20 @@ def load_problems(
     fmt: str = "auto",
     question_field: str | None = None,
     answer_field: str | None = None,
+    field_hint: str = "data.{what}_field",
 ) -> list[Problem]:
-    """Load a dataset as Problems; a row without a usable question or answer is an error with its index."""
+    """Load a dataset as Problems; a row without a usable question or answer is an error
+    with its index. ``field_hint``: how the caller's user names a column (``{what}`` is
+    ``question`` or ``answer``): the config key by default, a command-line option in ``eval``."""
     rows = read_rows(source)
     if not rows:
         raise ConfigError(f"{source}: no rows")
     problems = []
     for index, row in enumerate(rows):
         where = f"{source} row {index}"
-        question = _pick(row, question_field, QUESTION_FIELDS, "question", where)
+        question = _pick(row, question_field, QUESTION_FIELDS, "question", where, field_hint)
         # prefer the short `answer` column for MATH, the worked solution otherwise
-        answer_text = _pick(row, answer_field, ANSWER_FIELDS, "answer", where)
+        answer_text = _pick(row, answer_field, ANSWER_FIELDS, "answer", where, field_hint)
         gold = gold_answer(row, answer_text, fmt)
         if not gold:
             raise ConfigError(

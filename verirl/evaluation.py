@@ -48,9 +48,11 @@ def evaluate(
     batch_size: int = 64,
     ks: Sequence[int] = (1,),
     extract: Callable[[str], Any] | None = None,
+    on_batch: Callable[[int], Any] | None = None,
 ) -> EvalResult:
     """Generate ``n`` samples per problem and score them with ``score`` (a sample is
-    correct when its score is > 0.5). ``extract`` (completion → answer key) enables maj@k."""
+    correct when its score is > 0.5). ``extract`` (completion → answer key) enables maj@k;
+    ``on_batch`` is called with the number of problems each batch finished (progress)."""
     sampling = SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     completions: list[list[str]] = []
     correct: list[list[bool]] = []
@@ -67,6 +69,8 @@ def evaluate(
         for p in range(len(chunk)):
             completions.append(batch.texts[p * n : (p + 1) * n])
             correct.append([s > 0.5 for s in scores[p * n : (p + 1) * n]])
+        if on_batch is not None:
+            on_batch(len(chunk))
     metrics: dict[str, float] = {}
     total = len(correct)
     metrics["accuracy"] = sum(sum(c) / len(c) for c in correct) / total

@@ -35,14 +35,17 @@ import torch
 from verirl import losses
 from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator, steps_to_tokens
 from verirl.batching import chunks, minibatches, rows_to_run
-from verirl.checkpoint import clean_partial, latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
+from verirl.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
-from verirl.metrics import MetricsWriter, UpdateStats, peak_rss_mb
+from verirl.guard import guard_step
+from verirl.metrics import (MetricsWriter, RunInfo, UpdateStats, check_backends, make_backends, peak_rss_mb,
+                            truncate_jsonl_after)
 from verirl.models import (
     ADAPTER_DIR,
     attach_lora,
+    check_model_source,
     completion_logits,
     frozen_copy,
     load_causal_lm,
@@ -52,12 +55,18 @@ from verirl.models import (
 from verirl.optim import build_optimizer
 from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weights
 from verirl.ppo import PPO
+from verirl.report import sample_table
 from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
 from verirl.rollout import make_engine
 from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows, trim_padding
+from verirl.rundir import clear_run, prepare_run_dir
 from verirl.verifier import ConfigError, Sample, Step
 
 log = logging.getLogger("verirl.trainer")
+
+
+class TrainingAborted(RuntimeError):
+    """The run stopped itself (too many updates skipped for NaN/inf); the last checkpoint is good."""
 
 
 @dataclass
@@ -112,11 +121,15 @@ class Trainer:
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         self.out = Path(c.train.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        # the run directory, the model path and the logging backends are checked first, the
+        # data and verifiers next: bad input fails before any model loads. Nothing is
+        # written until everything has loaded, so a failed start leaves no run directory.
+        checkpoint = prepare_run_dir(self.out, c.train.resume, c.train.overwrite)
+        check_model_source(c.model.name_or_path)
+        check_backends(c.train.report_to)
         self.device = pick_device(c.train.device)
         seed_everything(c.train.seed)
 
-        # data and verifiers first: a bad path or verifier fails before any model loads
         d = c.data
         self.train_problems = load_problems(d.train, d.format, d.question_field, d.answer_field)
         self.eval_problems = (
@@ -131,10 +144,6 @@ class Trainer:
         )
         self.stream = ProblemStream(self.train_problems, c.train.seed, d.shuffle)
 
-        checkpoint = latest_checkpoint(self.out) if c.train.resume else None
-        if c.train.resume:
-            clean_partial(self.out)
-            checkpoint = latest_checkpoint(self.out)
         source = str(checkpoint) if checkpoint else c.model.name_or_path
         self.tokenizer = load_tokenizer(source, c.model.trust_remote_code)
         m = c.model
@@ -168,13 +177,24 @@ class Trainer:
         # PPO: the critic, its optimizer and the KL controller (a resumed run loads the critic here)
         self.ppo = PPO(c, self.model, self.optimizer, self.scheduler, checkpoint) if c.algo.name == "ppo" else None
         self.step = 0
+        self.bad_updates = 0  # optimizer steps skipped for a NaN/inf loss or gradient, over the run
         if checkpoint is not None:
             self._restore(checkpoint)
+
+        # everything has loaded: the run starts writing
+        if c.train.overwrite:
+            clear_run(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         save_config(c, self.out / "config.yaml")
-        self.metrics = MetricsWriter(self.out, self.step if checkpoint else None, c.train.tensorboard)
+        resume_step = self.step if checkpoint is not None else None
+        run = RunInfo(self.out, c.train.run_name or self.out.resolve().name, c.to_dict(), resume_step,
+                      c.train.wandb_project)
+        self.metrics = MetricsWriter(self.out, resume_step, make_backends(c.train.report_to, run))
         self.samples_path = self.out / "samples.jsonl"
         if checkpoint is None:
             self.samples_path.write_text("")
+        else:  # the killed run's samples after the checkpoint are redone, like its metrics
+            truncate_jsonl_after(self.samples_path, self.step)
 
     # ------------------------------------------------------------------ loop
 
@@ -197,6 +217,13 @@ class Trainer:
             while self.step < c.steps:
                 metrics = self.train_step()
                 self.step += 1
+                if self._count_bad_updates(metrics):
+                    self.metrics.write(self.step, metrics)
+                    raise TrainingAborted(
+                        f"step {self.step}: {self.bad_updates} optimizer steps were skipped for a NaN/inf loss or "
+                        f"gradient, more than train.max_bad_updates={c.max_bad_updates}; stopping. The weights were "
+                        f"never touched by them; the last checkpoint is {latest_checkpoint(self.out)}"
+                    )
                 if c.eval_every and self.eval_problems and (self.step % c.eval_every == 0 or self.step == c.steps):
                     metrics.update(self.evaluate())
                 self.metrics.write(self.step, metrics)
@@ -213,6 +240,19 @@ class Trainer:
             if progress is not None:
                 progress.close()
         return records
+
+    def _count_bad_updates(self, metrics: dict[str, Any]) -> bool:
+        """Add this step's skipped optimizer steps to the run's count (logged with the
+        step, in the metrics as ``optim/skipped_total``); True when the count is past
+        ``train.max_bad_updates``."""
+        skipped = int(metrics.get("optim/skipped_updates", 0))
+        self.bad_updates += skipped
+        metrics["optim/skipped_total"] = self.bad_updates
+        if skipped:
+            log.warning("step %d: %d optimizer step(s) skipped for a NaN/inf loss or gradient; weights and "
+                        "optimizer state untouched (%d in this run; train.max_bad_updates=%d)",
+                        self.step, skipped, self.bad_updates, self.config.train.max_bad_updates)
+        return self.bad_updates > self.config.train.max_bad_updates
 
     def close(self) -> None:
         self.metrics.close()
@@ -274,6 +314,9 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         self._log_samples(rollout)
+        every = c.train.show_samples_every
+        if every and c.train.show_samples and (self.step + 1) % every == 0:
+            self._show_samples(rollout)
         return metrics
 
     def _grpo_update(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> tuple[dict[str, float], float]:
@@ -472,11 +515,13 @@ class Trainer:
         # forward/backward. The minibatch's counts still include it. policy/* stats then
         # cover the completions that were updated.
         carries_signal = (advantages != 0).any(-1).tolist()
+        skipped = 0  # optimizer steps left out for a NaN/inf loss or gradient
         skip_zero = (a.skip_zero_advantage and minibatch == N and ref_logp is None and a.ent_coef == 0
                      and a.policy_loss not in BATCH_COUPLED_LOSSES and a.top_entropy_quantile == 1)
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             scale = losses.LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            mb_losses = []
             for rows in chunks(rows_to_run(mb, carries_signal, skip_zero), micro):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=self.device)
@@ -503,15 +548,19 @@ class Trainer:
                     cm = part.completion_mask
                     stats["entropy"] = (entropy.detach() * cm).sum() / cm.sum().clamp(min=1)
                 stats["loss"] = loss.detach()
+                mb_losses.append(stats["loss"])
                 acc.add({**stats, **filter_stats})
-            if c.optim.max_grad_norm > 0:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)))
-            self.optimizer.step()
-            self.scheduler.step()
+            # clip, then the optimizer and the LR schedule, unless the loss or a gradient is NaN/inf
+            done = guard_step([self.model.parameters()], c.optim.max_grad_norm,
+                              [self.optimizer.step, self.scheduler.step], mb_losses)
+            if done.taken:
+                grad_norms.append(done.grad_norms[0])
+            skipped += not done.taken
             acc.end_minibatch()
         out = {f"policy/{k}": v for k, v in acc.means().items()}
         if grad_norms:
             out["policy/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["optim/skipped_updates"] = skipped
         out.setdefault("policy/kl", 0.0)
         if a.mask_truncated:
             out["filter/truncated_frac"] = 1.0 - float(batch.finished.float().mean())
@@ -540,6 +589,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data": self.stream.state(),
+            "bad_updates": self.bad_updates,
             "config": self.config.to_dict(),
         }
         if self.ppo is not None:
@@ -553,6 +603,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state(state["data"])
+        self.bad_updates = int(state.get("bad_updates", 0))
         if self.ppo is not None:
             if "ppo" not in state:
                 raise ConfigError(f"{checkpoint} holds no PPO state (critic optimizer, KL controller): "
@@ -560,6 +611,17 @@ class Trainer:
             self.ppo.load_state_dict(state["ppo"])
         set_rng_state(state["rng"])
         log.info("resumed from %s (step %d)", checkpoint, self.step)
+
+    def _show_samples(self, rollout: Rollout) -> None:
+        """The on-screen table: the first completion of each of the first
+        ``train.show_samples`` groups, printed above the progress bar."""
+        from tqdm import tqdm
+
+        G = self.config.rollout.group_size
+        rows = [{"question": rollout.problems[i // G].question, "completion": s.completion, "answer": s.answer,
+                 "reward": rollout.rewards.rewards[i], "scores": rollout.rewards.scores[i]}
+                for i, s in enumerate(rollout.samples) if i % G == 0][: self.config.train.show_samples]
+        tqdm.write(sample_table(self.step + 1, rows, len(rollout.samples)), file=sys.stderr)
 
     def _log_samples(self, rollout: Rollout) -> None:
         k = self.config.train.log_samples
