@@ -65,7 +65,11 @@ def save_checkpoint(output_dir: str | Path, step: int, models: dict[str, Any], t
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed out of the listing first: a kill in the middle of the delete must not
+        # leave a half-deleted folder that is still named like a complete checkpoint
+        doomed = root / f".pruned-{old.name}"
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
@@ -88,11 +92,14 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def clean_partial(output_dir: str | Path) -> int:
-    """Remove temporary folders left by a write that was killed; returns how many."""
+    """Remove temporary folders left by a write or a prune that was killed; returns how many."""
     root = Path(output_dir) / "checkpoints"
     removed = 0
     for p in root.glob(".tmp-step_*") if root.exists() else []:
         shutil.rmtree(p, ignore_errors=True)
+        removed += 1
+    for p in root.glob(".pruned-step_*") if root.exists() else []:
+        shutil.rmtree(p, ignore_errors=True)  # a prune cut short: finish it
         removed += 1
     for p in root.glob(".old-step_*") if root.exists() else []:
         # a crash between the two renames of a re-save: put the old checkpoint back

@@ -339,7 +339,8 @@ def validate(config: Config) -> None:
     if r.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0 (sampling), got {r.temperature}")
     if a.name == "grpo" and r.group_size < 2:
-        raise ConfigError("rollout.group_size must be ≥ 2 for GRPO (advantages are relative within a group)")
+        raise ConfigError(f"rollout.group_size must be ≥ 2 for GRPO (advantages are relative within a group), got "
+                          f"{r.group_size}; set rollout.group_size ≥ 2, or use algo.name=ppo")
     n = r.prompts_per_step * r.group_size
     mb = a.minibatch_size or n
     if mb > n or n % mb:

@@ -121,7 +121,8 @@ def load_problems(
     ``question`` or ``answer``): the config key by default, a command-line option in ``eval``."""
     rows = read_rows(source)
     if not rows:
-        raise ConfigError(f"{source}: no rows")
+        raise ConfigError(f"{source}: no rows; give a JSONL file with one problem per line "
+                          '(e.g. {"question": ..., "answer": ...})')
     problems = []
     for index, row in enumerate(rows):
         where = f"{source} row {index}"

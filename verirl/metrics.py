@@ -10,6 +10,7 @@ import logging
 import math
 import resource
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -140,7 +141,7 @@ class WandbBackend:
         if run.resume_step is not None and id_file.exists():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:12]  # W&B run ids: letters and digits, unique in the project
             id_file.write_text(run_id + "\n")
         self.run = wandb.init(project=run.wandb_project, name=run.name, id=run_id, resume="allow",
                               dir=str(run.output_dir), config=run.config)
