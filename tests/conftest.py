@@ -94,3 +94,39 @@ def toy_verifiers():
     register_plugin(ToyVerifiers(), name="toy-verifiers")
     yield
     unregister_plugin("toy-verifiers")
+
+
+@pytest.fixture()
+def small_config(char_model, problems_file, toy_verifiers):
+    """A factory ``small_config(out, *overrides)``: a run of the character model on the
+    40 problems, rewarded by `starts_with_digit`, 2 prompts × 4 completions of 4 tokens
+    per step, no eval, into ``out``; the overrides come last."""
+    from verirl.config import load_config
+
+    def make(out, *extra):
+        return load_config(None, [
+            f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
+            "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
+            f"train.output_dir={out}", "train.progress=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
+            "rollout.max_new_tokens=4", "optim.lr=1e-2", "algo.beta=0", "train.seed=1", "train.show_samples_every=0",
+            *extra,
+        ])
+
+    return make
+
+
+def run_trainer(config):
+    """Train ``config`` to its end; the metrics records of this call."""
+    from verirl.trainer import Trainer
+
+    trainer = Trainer(config)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+@pytest.fixture()
+def train_run():
+    """``train_run(config)``: :func:`run_trainer` as a fixture."""
+    return run_trainer

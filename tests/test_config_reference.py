@@ -13,7 +13,7 @@ import yaml
 
 from verirl.cli import main as cli_main
 from verirl.config import Config, load_config
-from verirl.config_reference import commented_yaml, field_docs, keys, markdown_table, readme_section, yaml_value
+from verirl.config_reference import field_docs, keys, markdown_table, readme_section, yaml_value
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -302,16 +302,6 @@ def test_bad_input_fails_early_and_clearly(case, tmp_path, capsys, no_model_load
 # --------------------------------------------------------------------------- 3. numerical faults
 
 
-def small_config(char_model, problems_file, out, *extra):
-    return load_config(None, [
-        f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
-        "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
-        f"train.output_dir={out}", "train.progress=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
-        "rollout.max_new_tokens=4", "optim.lr=1e-2", "algo.beta=0", "train.seed=1", "train.show_samples_every=0",
-        *extra,
-    ])
-
-
 def poison_gradients(model, at_calls: set[int], value: float):
     """A gradient hook on the input embedding: on the listed backward passes (1-based,
     one per step here) its gradient is multiplied by ``value`` (NaN or inf)."""
@@ -329,13 +319,12 @@ def optimizer_tensors(state: dict) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("algo, value", [("grpo", math.nan), ("ppo", math.inf)])
-def test_nan_or_inf_gradients_skip_the_update_and_stop_past_the_limit(algo, value, char_model, problems_file,
-                                                                      tmp_path, toy_verifiers, caplog):
+def test_nan_or_inf_gradients_skip_the_update_and_stop_past_the_limit(algo, value, small_config, tmp_path, caplog):
     out = tmp_path / "run"
     extra = ["train.steps=8", "train.save_every=1", "train.keep_checkpoints=10", "train.max_bad_updates=2"]
     if algo == "ppo":
         extra += ["algo.name=ppo", "algo.critic_lr=1e-2"]
-    trainer = Trainer(small_config(char_model, problems_file, out, *extra))
+    trainer = Trainer(small_config(out, *extra))
     poison_gradients(trainer.model, {3, 5, 7}, value)
     try:
         with pytest.raises(TrainingAborted, match="3 optimizer steps were skipped.*the last checkpoint is .*step_000006"):
@@ -366,7 +355,7 @@ def test_nan_or_inf_gradients_skip_the_update_and_stop_past_the_limit(algo, valu
 
     # the skipped step 3 left weights, optimizer moments and schedule exactly as step 2 had them
     assert all(torch.equal(a, b) for a, b in zip(weights(2).values(), weights(3).values()))
-    (t2, e2), (t3, e3), (t4, e4) = optim(2), optim(3), optim(4)
+    (t2, e2), (t3, e3), (_, e4) = optim(2), optim(3), optim(4)
     assert e2 == e3 and all(torch.equal(a, b) for a, b in zip(t2, t3))
     # the next step updated again
     assert e4 == e3 + 1 and not all(torch.equal(a, b) for a, b in zip(weights(3).values(), weights(4).values()))
@@ -427,20 +416,14 @@ FAULTS = {"raises": "errors", "sleeps_in_c": "timeouts", "spins_in_c": "timeouts
           "returns_nan": "errors"}
 
 
-def test_verifier_faults_never_stop_training(char_model, problems_file, tmp_path, toy_verifiers):
+def test_verifier_faults_never_stop_training(small_config, train_run, tmp_path):
     register_plugin(FaultyVerifiers(), name="faulty-verifiers")
     out = tmp_path / "run"
     terms = ", ".join(["{verifier: starts_with_digit}", "{verifier: raises}",
                        "{verifier: sleeps_in_c, batch_timeout: 0.5}", "{verifier: spins_in_c}",
                        "{verifier: wrong_length}", "{verifier: returns_nan}"])
     try:
-        config = small_config(char_model, problems_file, out, "train.steps=2", "train.save_every=0",
-                              f"rewards=[{terms}]")
-        trainer = Trainer(config)
-        try:
-            records = trainer.train()
-        finally:
-            trainer.close()
+        records = train_run(small_config(out, "train.steps=2", "train.save_every=0", f"rewards=[{terms}]"))
     finally:
         unregister_plugin("faulty-verifiers")
     n = 2 * 4

@@ -12,41 +12,19 @@ from pathlib import Path
 import pytest
 
 from verirl import ConfigError
-from verirl.config import load_config
 from verirl.metrics import BACKEND_PACKAGES, check_backends, read_metrics
-from verirl.trainer import Trainer
 
 
-def config(char_model, problems_file, out, *extra):
-    return load_config(None, [
-        f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
-        "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
-        f"train.output_dir={out}", "train.progress=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
-        "rollout.max_new_tokens=4", "optim.lr=1e-2", "algo.beta=0", "train.seed=1", "train.show_samples_every=0",
-        *extra,
-    ])
-
-
-def train(cfg):
-    trainer = Trainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
-
-
-def test_tensorboard_events_hold_the_metrics_and_a_resume_purges_the_redone_steps(char_model, problems_file,
-                                                                                tmp_path, toy_verifiers):
+def test_tensorboard_events_hold_the_metrics_and_a_resume_purges_the_redone_steps(small_config, train_run, tmp_path):
     pytest.importorskip("tensorboard", reason="the logging extra (tensorboard) is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    train(config(char_model, problems_file, out, "train.steps=3", "train.save_every=2",
-                 "train.report_to=[tensorboard]"))
+    train_run(small_config(out, "train.steps=3", "train.save_every=2", "train.report_to=[tensorboard]"))
     # as if killed after step 3 was logged but before its checkpoint: resume redoes step 3
     shutil.rmtree(out / "checkpoints" / "step_000003")
-    train(config(char_model, problems_file, out, "train.steps=4", "train.save_every=2",
-                 "train.report_to=[tensorboard]", "train.resume=true"))
+    train_run(small_config(out, "train.steps=4", "train.save_every=2", "train.report_to=[tensorboard]",
+                           "train.resume=true"))
     events = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     metrics = read_metrics(out)
@@ -83,16 +61,15 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_run_holds_the_config_and_every_step(char_model, problems_file, tmp_path, toy_verifiers,
-                                                           monkeypatch):
+def test_wandb_offline_run_holds_the_config_and_every_step(small_config, train_run, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="the logging extra (wandb) is not installed")
     for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home" / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train(config(char_model, problems_file, out, "train.steps=3", "train.save_every=0", "train.report_to=[wandb]",
-                 "train.run_name=tiny-check", "train.wandb_project=verirl-tests"))
+    train_run(small_config(out, "train.steps=3", "train.save_every=0", "train.report_to=[wandb]",
+                           "train.run_name=tiny-check", "train.wandb_project=verirl-tests"))
     run_id = (out / "wandb-run-id").read_text().strip()
     (run_file,) = (out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     # W&B's service process writes the file behind the run: wait for the run's exit record

@@ -31,22 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def config(char_model, problems_file, out, *extra):
-    return load_config(None, [
-        f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
-        "data.prompt_template='Q: {question}\nA:'", "rewards=[{verifier: starts_with_digit}]",
-        f"train.output_dir={out}", "train.progress=false", "rollout.prompts_per_step=2", "rollout.group_size=4",
-        "rollout.max_new_tokens=4", "optim.lr=1e-2", "algo.beta=0", "train.show_samples_every=0",
-        "train.save_every=2", "train.log_samples=2", *extra,
-    ])
-
-
-def train(cfg):
-    trainer = Trainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
+@pytest.fixture
+def config(small_config):
+    return lambda out, *extra: small_config(out, "train.save_every=2", "train.log_samples=2", *extra)
 
 
 def samples_steps(out: Path) -> list[int]:
@@ -56,37 +43,36 @@ def samples_steps(out: Path) -> list[int]:
 # --------------------------------------------------------------------------- run directory
 
 
-def test_a_second_run_into_a_run_directory_is_refused_unless_resumed_or_overwritten(char_model, problems_file,
-                                                                                    tmp_path, toy_verifiers):
+def test_a_second_run_into_a_run_directory_is_refused_unless_resumed_or_overwritten(config, train_run, tmp_path):
     out = tmp_path / "run"
-    train(config(char_model, problems_file, out, "train.steps=6", "train.seed=1"))
+    train_run(config(out, "train.steps=6", "train.seed=1"))
     with pytest.raises(ConfigError, match="holds an earlier run .*train.resume=true.*train.overwrite=true"):
-        Trainer(config(char_model, problems_file, out, "train.steps=2", "train.seed=2"))
+        Trainer(config(out, "train.steps=2", "train.seed=2"))
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # untouched
 
     # overwrite: the earlier run's checkpoints, metrics and samples are gone, not mixed in
-    train(config(char_model, problems_file, out, "train.steps=2", "train.seed=2", "train.overwrite=true"))
+    train_run(config(out, "train.steps=2", "train.seed=2", "train.overwrite=true"))
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
     assert [p.name for p in list_checkpoints(out)] == ["step_000002"]
     assert load_state(list_checkpoints(out)[0])["config"]["train"]["seed"] == 2
     assert samples_steps(out) == [1, 1, 2, 2]
     # and a resume continues the new run, not the old one
-    train(config(char_model, problems_file, out, "train.steps=4", "train.seed=2", "train.resume=true"))
+    train_run(config(out, "train.steps=4", "train.seed=2", "train.resume=true"))
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4]
 
 
-def test_resume_without_a_checkpoint_says_so(char_model, problems_file, tmp_path, toy_verifiers):
+def test_resume_without_a_checkpoint_says_so(config, train_run, tmp_path):
     with pytest.raises(ConfigError, match="does not exist: there is nothing to resume"):
-        Trainer(config(char_model, problems_file, tmp_path / "none", "train.resume=true"))
+        Trainer(config(tmp_path / "none", "train.resume=true"))
     assert not (tmp_path / "none").exists()
 
 
-def test_samples_are_cut_back_on_resume_like_the_metrics(char_model, problems_file, tmp_path, toy_verifiers):
+def test_samples_are_cut_back_on_resume_like_the_metrics(config, train_run, tmp_path):
     out = tmp_path / "run"
-    train(config(char_model, problems_file, out, "train.steps=3"))
+    train_run(config(out, "train.steps=3"))
     # as if killed after step 3's metrics and samples were written, before its checkpoint
     shutil.rmtree(out / "checkpoints" / "step_000003")
-    train(config(char_model, problems_file, out, "train.steps=4", "train.resume=true"))
+    train_run(config(out, "train.steps=4", "train.resume=true"))
     assert samples_steps(out) == [1, 1, 2, 2, 3, 3, 4, 4]
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import math
 import resource
 import sys
@@ -17,8 +16,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 from verirl.registry import lookup, registrar
 from verirl.verifier import ConfigError
-
-log = logging.getLogger("verirl.metrics")
 
 
 def peak_rss_mb() -> float:
