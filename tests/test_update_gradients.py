@@ -33,7 +33,7 @@ def trainers(char_model, problems_file, tmp_path_factory):
         config = load_config(None, [
             f"model.name_or_path={char_model}", f"data.train={problems_file}", "data.eval=null",
             "data.prompt_template='Q: {question}\nA:'", f"train.output_dir={out}", "train.progress=false",
-            "train.tensorboard=false", f"rollout.prompts_per_step={N_PROMPTS}", f"rollout.group_size={G}",
+            f"rollout.prompts_per_step={N_PROMPTS}", f"rollout.group_size={G}",
             "rollout.max_new_tokens=8", "algo.beta=0", "optim.max_grad_norm=0", f"algo.name={name}",
             "algo.beta_r=0", "train.seed=3",
         ])
