@@ -29,7 +29,7 @@ def fake_run(path: Path, steps: int, slope: float, per_step: int = 32, eval_ever
         r = {"step": s, "reward/mean": slope * s, "reward/std": 0.1, "reward/math_answer": slope * s,
              "policy/kl": 0.01 * s, "policy/clip_frac": 0.0, "policy/entropy": 1.0 - 0.01 * s,
              "rollout/len_mean": 20.0, "rollout/zero_std_frac": 0.5, "perf/step_s": 0.7,
-             "rollout/samples": per_step * (2 if resample and s % 2 else 1)}
+             "rollout/samples_drawn": per_step * (2 if resample and s % 2 else 1)}
         if s % eval_every == 0:
             r["eval/accuracy"] = 0.5 + slope * s
         lines.append(r)

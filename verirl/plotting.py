@@ -41,7 +41,7 @@ X_LABELS = {"step": "step", "samples": "samples seen (completions)"}
 
 def read_run(run_dir: str | Path) -> Records:
     """A run's metrics records, each with ``samples_seen`` (completions sampled up to and
-    including that step) added: from ``rollout/samples``, or for runs that predate it,
+    including that step) added: from ``rollout/samples_drawn``, or for runs that predate it,
     ``prompts_per_step × group_size`` from the run's ``config.yaml``."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
@@ -56,12 +56,12 @@ def read_run(run_dir: str | Path) -> Records:
 
 def with_samples_seen(records: Records, per_step: int | None = None) -> Records:
     """``records`` (sorted by step) with ``samples_seen`` on each: the running sum of
-    ``rollout/samples`` (else ``per_step`` per training step; eval-only records add 0)."""
+    ``rollout/samples_drawn`` (else ``per_step`` per training step; eval-only records add 0)."""
     seen = 0
     out = []
     for r in sorted(records, key=lambda r: r["step"]):
         if "reward/mean" in r:  # a training step
-            seen += r.get("rollout/samples") or per_step or 0
+            seen += r.get("rollout/samples_drawn") or per_step or 0
         out.append({**r, "samples_seen": seen})
     return out
 
