@@ -38,7 +38,7 @@ def test_arms_run_resume_and_summarise(char_model, problems_file, tmp_path):
         "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
         "rewards": [{"verifier": "math_answer", "workers": 1}],
         "algo": {"beta": 0.0}, "optim": {"lr": 1e-3},
-        "train": {"steps": 2, "eval_every": 1, "save_every": 1, "tensorboard": False},
+        "train": {"steps": 2, "eval_every": 1, "save_every": 1},
     }))
     arms = [Arm("grpo", str(config)), Arm("rloo", str(config), ["algo.advantage=rloo"])]
     out = tmp_path / "exp"
