@@ -60,7 +60,7 @@ def test_tiny_ablation_end_to_end(char_model, problems_file, tmp_path):
         "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6},
         "rewards": [{"verifier": "math_answer", "workers": 1}],
         "algo": {"beta": 0.0}, "optim": {"lr": 1e-3},
-        "train": {"steps": 2, "eval_every": 1, "save_every": 1, "tensorboard": False},
+        "train": {"steps": 2, "eval_every": 1, "save_every": 1},
     }))
     config = tmp_path / "ablation.yaml"
     config.write_text(yaml.safe_dump({
