@@ -249,6 +249,8 @@ def plot_arms(runs: dict[str, dict[int, RunResult]], path: Path, title: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from verirl.plotting import draw_band
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for k, (arm, by_seed) in enumerate(runs.items()):
         color = plt.get_cmap("tab10")(k % 10)
@@ -256,13 +258,11 @@ def plot_arms(runs: dict[str, dict[int, RunResult]], path: Path, title: str = ""
             curves = [getattr(r, key) for r in by_seed.values() if getattr(r, key)]
             if not curves:
                 continue
+            # seeds that resample draw different sample counts: compare them where all are defined
             xs = sorted({x for c in curves for x, _ in c if all(value_at(o, x) is not None for o in curves)})
             stats = [mean_sd([value_at(c, x) for c in curves]) for x in xs]
-            mean = [s[0] for s in stats]
-            sd = [s[1] for s in stats]
-            ax.plot(xs, mean, color=color, label=arm)
-            ax.fill_between(xs, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
-                            color=color, alpha=0.15)
+            draw_band(ax, xs, [s[0] for s in stats], [s[1] for s in stats], label=arm, color=color,
+                      marker="o" if key == "eval" else None)
     for ax, label in ((axes[0], "eval accuracy (greedy)"), (axes[1], "training reward (mean)")):
         ax.set_xlabel("training samples drawn (completions)")
         ax.set_ylabel(label)
