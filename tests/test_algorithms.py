@@ -68,6 +68,22 @@ def test_token_filters_report_what_they_keep(char_model, problems_file, tmp_path
     assert 0.1 < record["policy/entropy_kept_frac"] < 0.4
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])
+def test_rollout_is_with_the_hf_engine(char_model, problems_file, tmp_path, mode, algo):
+    """The HF engine samples from the trainer's own model, so its behaviour log-probs match
+    the trainer's recomputation up to float rounding: weights ≈ 1, nothing truncated or
+    masked, with μ = 2 epochs (π_old recomputed) and with one update per rollout."""
+    for epochs in ("algo.ppo_epochs=1", "algo.ppo_epochs=2"):
+        record = one_step(make_config(char_model, problems_file, tmp_path, f"algo.rollout_is={mode}", epochs,
+                                      f"algo.name={algo}", "algo.rollout_is_cap=1.01"))
+        _finite(record, "policy/loss", "policy/rollout_is_logp_diff_mean", "policy/rollout_is_weight_mean")
+        assert record["policy/rollout_is_logp_diff_max"] < 1e-3
+        assert record["policy/rollout_is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+        key = "policy/rollout_is_truncated_frac" if mode == "token_truncate" else "policy/rollout_is_masked_frac"
+        assert record[key] == 0.0
+
+
 def test_truncated_completions_get_no_loss(char_model, problems_file, tmp_path):
     # a random model rarely ends within 4 tokens: nearly every completion is cut off
     record = one_step(make_config(char_model, problems_file, tmp_path, "algo.mask_truncated=true",

@@ -80,6 +80,11 @@ def test_defaults_match_algorithms_md():
     (["algo.name=ppo", "algo.kl_estimator=k3+"], r"k3\+ weights the KL term of a loss.*algo.beta_r"),
     (["optim.min_lr_ratio=0.1"], r"optim.min_lr_ratio.*set optim.lr_schedule=linear or cosine"),
     (["optim.lr_schedule=step"], r"'optim.lr_schedule' must be one of"),
+    (["algo.policy_loss=gspo", "algo.rollout_is=token_truncate"],
+     r"algo.policy_loss=gspo weighs each completion.*algo.rollout_is=token_truncate would break"),
+    (["algo.policy_loss=vespo", "algo.rollout_is=token_truncate"], r"algo.policy_loss=vespo.*rollout_is=token_truncate"),
+    (["algo.rollout_is=sequence_mask", "algo.rollout_is_cap=0.5"], r"algo.rollout_is_cap must be ≥ 1"),
+    (["algo.rollout_is=tis"], r"'algo.rollout_is' must be one of \['none', 'token_truncate', 'sequence_mask'\]"),
     (["algo.policy_loss=ppo2"], r"'algo.policy_loss' must be one of \['vanilla', 'dual_clip', 'gspo'"),
     (["algo.advantage=rlo"], r"'algo.advantage' must be 'grpo' \| 'dr_grpo' \| 'rloo'.* \| null, got 'rlo'"),
 ])

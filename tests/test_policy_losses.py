@@ -13,10 +13,12 @@ import torch
 from verirl.losses import LossScale, aggregate_loss
 from verirl.policy_losses import (
     POLICY_LOSSES,
+    ROLLOUT_CORRECTIONS,
     PolicyLossParams,
     get_policy_loss,
     grpo_loss,
     off_policy_sequence_mask,
+    rollout_importance_weights,
     token_filter_weights,
     top_entropy_mask,
 )
@@ -331,3 +333,113 @@ def test_grpo_loss_composes_filters_kl_and_entropy_bonus() -> None:
     assert loss.item() == pytest.approx(total / 100.0)
     assert "entropy_bonus" in stats and "kl" in stats
     assert token_filter_weights(logp, old, adv, mask, entropy, None, 1.0) == (None, {})
+
+
+# --------------------------------------------------------------------------- engine/trainer mismatch
+
+
+def _engine_case(seed: int, spread: float):
+    """π_old (trainer) and π_engine log-probs whose gap reaches past the caps, padding garbage."""
+    rng = random.Random(100 + seed)
+    n, t = rng.randint(3, 7), rng.randint(2, 8)
+    lengths = [t] + [rng.randint(0, t) for _ in range(n - 1)]  # a row may be all padding
+    mask = _mask(lengths, t)
+    old = torch.tensor([[rng.uniform(-4, -0.1) for _ in range(t)] for _ in range(n)], dtype=torch.float64)
+    engine = old + torch.tensor([[rng.uniform(-spread, spread) for _ in range(t)] for _ in range(n)],
+                                dtype=torch.float64)
+    garbage = ~mask.bool()
+    engine = torch.where(garbage, torch.tensor(float("-inf"), dtype=torch.float64), engine)
+    old = torch.where(garbage, torch.tensor(float("nan"), dtype=torch.float64), old)
+    return old, engine, mask, lengths
+
+
+def _loop_is(old, engine, lengths, mode: str, cap: float):
+    """Plain-Python weights and statistics of the rollout IS correction."""
+    diffs = [old[i, j].item() - engine[i, j].item() for i, n in enumerate(lengths) for j in range(n)]
+    stats = {"rollout_is_logp_diff_mean": sum(abs(d) for d in diffs) / max(len(diffs), 1),
+             "rollout_is_logp_diff_max": max((abs(d) for d in diffs), default=0.0)}
+    if mode == "none":
+        return None, stats
+    weights = {}
+    if mode == "token_truncate":
+        cut = 0
+        for i, n in enumerate(lengths):
+            for j in range(n):
+                ratio = math.exp(old[i, j].item() - engine[i, j].item())
+                weights[i, j] = min(ratio, cap)
+                cut += ratio > cap
+        stats["rollout_is_truncated_frac"] = cut / max(len(diffs), 1)
+    else:
+        masked = rows = 0
+        for i, n in enumerate(lengths):
+            seq = math.exp(sum(old[i, j].item() - engine[i, j].item() for j in range(n)))
+            keep = 1.0 if 1.0 / cap <= seq <= cap else 0.0
+            for j in range(n):
+                weights[i, j] = keep
+            if n:
+                rows += 1
+                masked += keep == 0.0
+        stats["rollout_is_masked_frac"] = masked / max(rows, 1)
+    stats["rollout_is_weight_mean"] = sum(weights.values()) / max(len(weights), 1)
+    return weights, stats
+
+
+@pytest.mark.parametrize("cap", [1.0, 1.3, 2.0, 10.0])
+@pytest.mark.parametrize("mode", ["none", *ROLLOUT_CORRECTIONS])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rollout_importance_weights_match_a_loop(seed: int, mode: str, cap: float) -> None:
+    old, engine, mask, lengths = _engine_case(seed, spread=1.2)
+    weights, stats = rollout_importance_weights(old, engine, mask, mode, cap)
+    want_weights, want_stats = _loop_is(old, engine, lengths, mode, cap)
+    assert set(stats) == set(want_stats)
+    for key, value in want_stats.items():
+        assert stats[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    if mode == "none":
+        assert weights is None
+        return
+    full = weights.expand_as(old)
+    assert weights.shape == ((old.shape[0], 1) if mode == "sequence_mask" else old.shape)
+    for (i, j), w in want_weights.items():
+        assert full[i, j].item() == pytest.approx(w, rel=1e-12)
+    assert bool(torch.isfinite(full).all())
+
+
+def test_rollout_is_truncates_and_masks_what_it_should() -> None:
+    mask = torch.ones(2, 3, dtype=torch.long)
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=torch.float64))
+    engine = torch.log(torch.tensor([[0.1, 0.4, 0.5], [0.5, 0.5, 0.45]], dtype=torch.float64))
+    weights, stats = rollout_importance_weights(old, engine, mask, "token_truncate", 2.0)
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 1.25, 1.0], [1.0, 1.0, 0.5 / 0.45]], dtype=torch.float64))
+    assert stats["rollout_is_truncated_frac"].item() == pytest.approx(1 / 6)
+    # row 0's sequence ratio 5 · 1.25 = 6.25 > 2: masked; row 1's 1.11: kept
+    weights, stats = rollout_importance_weights(old, engine, mask, "sequence_mask", 2.0)
+    assert weights.flatten().tolist() == [0.0, 1.0]
+    assert stats["rollout_is_masked_frac"].item() == 0.5
+    # the same engine as the trainer: weight 1 everywhere, no mismatch
+    weights, stats = rollout_importance_weights(old, old.clone(), mask, "token_truncate", 1.0)
+    assert bool((weights == 1).all()) and stats["rollout_is_logp_diff_max"].item() == 0.0
+
+
+def test_rollout_is_refuses_a_cap_below_one_and_a_missing_engine() -> None:
+    old, engine, mask, _ = _engine_case(0, spread=0.5)
+    with pytest.raises(ValueError, match="cap C must be >= 1"):
+        rollout_importance_weights(old, engine, mask, "token_truncate", 0.5)
+    with pytest.raises(ValueError, match="unknown rollout IS mode 'tis'; valid names: sequence_mask, token_truncate"):
+        rollout_importance_weights(old, engine, mask, "tis", 2.0)
+    entropy = torch.zeros_like(old)
+    with pytest.raises(ValueError, match="needs the engine's log-probs"):
+        token_filter_weights(old, old, old, mask, entropy, None, 1.0, None, "sequence_mask")
+
+
+@pytest.mark.parametrize("mode", list(ROLLOUT_CORRECTIONS))
+def test_rollout_is_weight_multiplies_the_other_filters(mode: str) -> None:
+    logp, old, adv, mask, lengths = _case(5)
+    engine = torch.where(mask.bool(), old.detach() + 0.4 * torch.sin(torch.arange(old.numel(), dtype=torch.float64)
+                                                                          ).reshape(old.shape), old)
+    entropy = torch.rand(old.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    filters, _ = token_filter_weights(logp, old, adv, mask, entropy, 0.01, 0.5)
+    is_weights, _ = rollout_importance_weights(old, engine, mask, mode, 1.5)
+    both, stats = token_filter_weights(logp, old, adv, mask, entropy, 0.01, 0.5, engine, mode, 1.5)
+    valid = mask.bool()
+    torch.testing.assert_close(both[valid], (filters * is_weights).expand_as(old)[valid])
+    assert "rollout_is_weight_mean" in stats and "entropy_kept_frac" in stats

@@ -11,6 +11,8 @@ with one forward and one backward over all rows.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -144,3 +146,82 @@ def test_ppo_accumulated_gradient_is_the_full_batch_gradient(trainers, agg, micr
     loss.backward()
     assert_same(got_policy, grads(trainer.model))
     assert_same(got_critic, grads(ppo.critic))
+
+
+def _with_engine_logprobs(trainer: Trainer, batch: RolloutBatch) -> RolloutBatch:
+    """The batch with behaviour log-probs of a mismatched engine: the trainer's own log-probs
+    shifted by a deterministic ±0.9 pattern, so some ratios pass any cap and some do not."""
+    with torch.no_grad():
+        logits = completion_logits(trainer.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   batch.completion_mask, 1.0)
+        logp = token_logprobs(logits, batch.completion_ids)
+    shift = 0.9 * torch.sin(torch.arange(logp.numel(), dtype=logp.dtype)).reshape(logp.shape)
+    engine = (logp + shift) * batch.completion_mask
+    return RolloutBatch(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask, engine,
+                        batch.texts, batch.finished)
+
+
+def _loop_is_weights(old: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, mode: str, cap: float):
+    """``[N, T]`` weights of the rollout IS correction, by a plain loop."""
+    out = torch.zeros_like(old)
+    for i in range(old.shape[0]):
+        valid = [j for j in range(old.shape[1]) if mask[i, j]]
+        if mode == "token_truncate":
+            for j in valid:
+                out[i, j] = min(math.exp(old[i, j].item() - engine[i, j].item()), cap)
+        else:
+            seq = math.exp(sum(old[i, j].item() - engine[i, j].item() for j in valid))
+            for j in valid:
+                out[i, j] = 1.0 if 1 / cap <= seq <= cap else 0.0
+    return out
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+@pytest.mark.parametrize("micro", [1, N_PROMPTS * G])
+@pytest.mark.parametrize("mode", ["token_truncate", "sequence_mask"])
+def test_rollout_is_weights_the_policy_gradient(trainers, algo, mode, micro):
+    """With a mismatched engine, the update's gradient is the loss's gradient with each
+    token's policy term times the IS weight computed by a loop from the trainer's own π_old
+    (one update per rollout: log π_θ detached) and the engine's log-probs; with the
+    correction off it is the unweighted one."""
+    trainer, batch = trainers[algo]
+    a = trainer.config.algo
+    a.loss_agg, a.micro_batch_size, a.mask_truncated, a.skip_zero_advantage = "token-mean", micro, False, False
+    a.rollout_is, a.rollout_is_cap = mode, 1.8
+    batch = _with_engine_logprobs(trainer, batch)
+    mask = batch.completion_mask
+    adv = advantages_with_zero_rows(mask)
+    g = torch.Generator().manual_seed(9)
+    old_values, returns = torch.randn(mask.shape, generator=g) * mask, torch.randn(mask.shape, generator=g) * mask
+    try:
+        if algo == "grpo":
+            stats = trainer.update(batch, adv, None, None, mask)
+        else:
+            stats = trainer.ppo.update(batch, None, old_values, adv, returns, mask)
+    finally:
+        a.rollout_is = "none"
+    got = grads(trainer.model)
+
+    trainer.model.zero_grad(set_to_none=True)
+    if algo == "grpo":
+        logits = completion_logits(trainer.model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   mask, 1.0)
+    else:
+        trainer.ppo.critic.zero_grad(set_to_none=True)
+        logits, values = policy_forward(trainer.model, trainer.ppo.critic, batch, 1.0)
+    logp = token_logprobs(logits, batch.completion_ids)
+    weights = _loop_is_weights(logp.detach(), batch.logprobs, mask, mode, 1.8)
+    assert 0 < float((weights * mask).sum()) and bool(((weights != 1) & mask.bool()).any())
+    if algo == "grpo":
+        loss, _ = grpo_loss(logp, logp.detach(), None, adv, mask, beta=0.0, loss_agg="token-mean",
+                            scale=_own_counts(trainer), token_weights=weights)
+    else:
+        loss, _ = ppo_loss(logp, logp.detach(), adv, values, old_values, returns, torch.zeros_like(logp), mask,
+                           loss_agg="token-mean", vf_coef=a.vf_coef, vf_clip=a.vf_clip, scale=_own_counts(trainer),
+                           token_weights=weights)
+    loss.backward()
+    assert_same(got, grads(trainer.model))
+    assert stats["policy/rollout_is_logp_diff_max"] == pytest.approx(float((batch.logprobs - logp.detach()).abs()
+                                                                           .mul(mask).max()), rel=1e-4)
+    key = "policy/rollout_is_truncated_frac" if mode == "token_truncate" else "policy/rollout_is_masked_frac"
+    assert 0 < stats[key] < 1

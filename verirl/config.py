@@ -72,6 +72,10 @@ LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum", 
 PROCESS_VARIANTS = ("grpo", "dr_grpo")
 #: policy losses whose token selection couples the rows of a call (rows cannot be left out)
 BATCH_COUPLED_LOSSES = ("clip_cov", "kl_cov")
+#: engine/trainer mismatch corrections (verirl.policy_losses.ROLLOUT_CORRECTIONS, and none)
+ROLLOUT_IS_MODES = ("none", "token_truncate", "sequence_mask")
+#: policy losses built on one importance ratio per sequence (a per-token weight would break it)
+SEQUENCE_LEVEL_LOSSES = ("gspo", "gmpo", "vespo")
 
 
 @dataclass
@@ -105,6 +109,8 @@ class AlgoConfig:
     mask_truncated: bool = False  # DAPO overlong filtering: completions cut at max_new_tokens get no loss
     top_entropy_quantile: float = 1.0  # train only on the top ρ fraction of tokens by entropy (1: all; 0.2 in the paper)
     off_policy_mask_delta: float | None = None  # drop negative-advantage completions whose mean KL(π_old‖π_θ) exceeds δ (None: off)
+    rollout_is: Literal[ROLLOUT_IS_MODES] = "none"  # engine/trainer mismatch correction: token_truncate w = min(π_old/π_engine, C) per token; sequence_mask drops completions whose ratio ∏ π_old/π_engine is outside [1/C, C]
+    rollout_is_cap: float = 2.0  # C of algo.rollout_is (≥ 1)
     ppo_epochs: int = 1  # μ: passes over each rollout batch
     minibatch_size: int = 0  # completions per optimizer step (0: the whole batch)
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation; 0: = minibatch)
@@ -402,6 +408,12 @@ def _validate_algorithm(config: Config) -> None:
     if a.ref_mixup_alpha != 1 and not a.ref_reset_every:
         raise ConfigError("algo.ref_mixup_alpha mixes π_θ into π_ref at each reference sync; set algo.ref_reset_every "
                           "(the sync period in steps) too")
+    if a.rollout_is_cap < 1:
+        raise ConfigError(f"algo.rollout_is_cap must be ≥ 1 (a ratio of 1 is no mismatch), got {a.rollout_is_cap}")
+    if a.rollout_is == "token_truncate" and a.policy_loss in SEQUENCE_LEVEL_LOSSES:
+        raise ConfigError(f"algo.policy_loss={a.policy_loss} weighs each completion by one sequence-level ratio; a "
+                          "per-token weight from algo.rollout_is=token_truncate would break that ratio: use "
+                          "algo.rollout_is=sequence_mask (or none) with it, or a token-level policy loss")
     if a.kl_estimator == "k3+" and a.name == "ppo":
         raise ConfigError("algo.kl_estimator=k3+ weights the KL term of a loss by ρ; PPO puts its KL in the reward "
                           "(algo.beta_r), so use k1, k2, k3, abs or low_var_kl with algo.name=ppo")

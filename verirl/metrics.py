@@ -31,7 +31,8 @@ class UpdateStats:
     each optimizer step. :meth:`means` gives, for the additive keys (:data:`ADDITIVE`:
     losses aggregated over the whole minibatch's denominators, whose micro-batch parts
     add up to the minibatch's loss), the mean over minibatches of their sum; for every
-    other key the mean over micro-batches; ``ratio_max`` is the max.
+    other key the mean over micro-batches; for the keys ending in ``_max`` (``ratio_max``,
+    ``rollout_is_logp_diff_max``) the max.
     """
 
     ADDITIVE = frozenset({"loss", "pg_loss", "value_loss", "entropy_bonus"})
@@ -39,15 +40,15 @@ class UpdateStats:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.ratio_max = 0.0
+        self.maxima: dict[str, float] = {"ratio_max": 0.0}
         self.minibatches = 0
         self._minibatch: dict[str, float] = {}
         self._totals: dict[str, float] = {}
 
     def add(self, stats: dict[str, Any]) -> None:
         for key, value in stats.items():
-            if key == "ratio_max":
-                self.ratio_max = max(self.ratio_max, float(value))
+            if key.endswith("_max"):
+                self.maxima[key] = max(self.maxima.get(key, float(value)), float(value))
             elif key in self.ADDITIVE:
                 self._minibatch[key] = self._minibatch.get(key, 0.0) + float(value)
             else:
@@ -63,7 +64,7 @@ class UpdateStats:
     def means(self) -> dict[str, float]:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         out.update({k: v / max(self.minibatches, 1) for k, v in self._totals.items()})
-        out["ratio_max"] = self.ratio_max
+        out.update(self.maxima)
         return out
 
 

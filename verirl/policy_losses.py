@@ -418,12 +418,15 @@ def top_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float) -> Tensor:
 def token_filter_weights(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, entropy: Tensor,
     off_policy_delta: float | None, top_entropy_quantile: float,
+    engine_logp: Tensor | None = None, rollout_is: str = "none", rollout_is_cap: float = 2.0,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """The product of the enabled filters, ``[N, T]`` or ``[N, 1]`` (None when none is on):
-    :func:`off_policy_sequence_mask` when ``off_policy_delta`` is set, and
-    :func:`top_entropy_mask` when ``top_entropy_quantile < 1``; with the fraction of
-    completions (``off_policy_masked_frac``) and of valid tokens (``entropy_kept_frac``)
-    each one keeps or drops."""
+    """The product of the enabled filters and corrections, ``[N, T]`` or ``[N, 1]`` (None
+    when none is on): :func:`off_policy_sequence_mask` when ``off_policy_delta`` is set,
+    :func:`top_entropy_mask` when ``top_entropy_quantile < 1``, and the engine/trainer
+    mismatch weight :func:`rollout_importance_weights` (``rollout_is``, cap
+    ``rollout_is_cap``) when ``engine_logp`` is given; with the fraction of completions
+    (``off_policy_masked_frac``) and of valid tokens (``entropy_kept_frac``) each filter
+    keeps or drops, and the ``rollout_is_*`` statistics."""
     weights: Tensor | None = None
     stats: dict[str, Tensor] = {}
     valid = mask.bool()
@@ -435,6 +438,84 @@ def token_filter_weights(
         keep_tokens = top_entropy_mask(entropy.detach(), mask, top_entropy_quantile)
         stats["entropy_kept_frac"] = _masked_mean(keep_tokens, valid)
         weights = keep_tokens if weights is None else weights * keep_tokens
+    if engine_logp is not None:
+        is_weights, is_stats = rollout_importance_weights(old_logp, engine_logp, mask, rollout_is, rollout_is_cap)
+        stats.update(is_stats)
+        if is_weights is not None:
+            weights = is_weights if weights is None else weights * is_weights
+    elif rollout_is != "none":
+        raise ValueError(f"rollout_is={rollout_is!r} needs the engine's log-probs of the sampled tokens "
+                         "(engine_logp); this rollout has none")
+    return weights, stats
+
+
+# --------------------------------------------------------------------------- engine/trainer mismatch
+
+RolloutCorrection = Callable[[Tensor, Tensor, float], "tuple[Tensor, dict[str, Tensor]]"]
+ROLLOUT_CORRECTIONS: dict[str, RolloutCorrection] = {}
+register_rollout_correction = registrar(ROLLOUT_CORRECTIONS, "rollout IS mode")
+#: the largest |log ρ| that enters exp(): e^20 ≈ 4.9e8, far past any sensible cap
+_MAX_LOG_RATIO = 20.0
+
+
+@register_rollout_correction("token_truncate")
+def truncated_token_weights(log_ratio: Tensor, valid: Tensor, cap: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance sampling per token (TIS; Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training"; the truncation of IMPALA's
+    V-trace, Espeholt et al. 2018): ``w_{i,t} = min(π_old(a_t|s_t) / π_engine(a_t|s_t), C)``
+    ``[N, T]``, 0 on padding. ``truncated_frac``: valid tokens whose ratio exceeded C."""
+    ratio = torch.exp(log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+    weights = _zero_padding(torch.clamp(ratio, max=cap), valid)
+    return weights, {"truncated_frac": _masked_mean((ratio > cap).to(ratio.dtype), valid)}
+
+
+@register_rollout_correction("sequence_mask")
+def masked_sequence_weights(log_ratio: Tensor, valid: Tensor, cap: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sequence-level rejection (Liu, Li et al. 2025, "When Speed Kills Stability:
+    Demystifying RL Collapse from the Training-Inference Mismatch"; veRL's ``seq_sum_k1``
+    rejection with bounds ``(1/C, C)``): ``w_i = 1`` if the sequence's importance ratio
+    ``∏_t π_old/π_engine = exp(Σ_t log ρ_{i,t})`` lies in ``[1/C, C]``, else 0 (the whole
+    completion leaves the loss), ``[N, 1]``. ``masked_frac``: completions masked, among
+    those with at least one valid token."""
+    seq_log_ratio = _zero_padding(log_ratio, valid).sum(dim=1, keepdim=True)
+    keep = (seq_log_ratio.abs() <= math.log(cap)).to(log_ratio.dtype)
+    return keep, {"masked_frac": _masked_mean(1.0 - keep, valid.any(dim=1, keepdim=True))}
+
+
+@torch.no_grad()
+def rollout_importance_weights(
+    old_logp: Tensor, engine_logp: Tensor, mask: Tensor, mode: str, cap: float
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """The engine/trainer mismatch correction (ALGORITHMS.md, Importance sampling): the
+    rollout engine (vLLM, or any sampler whose numerics differ from the trainer's) drew
+    the completions from ``π_engine``, while the loss's ratio ρ is taken against ``π_old``,
+    the trainer's own recomputation. The weight ``w`` of :data:`ROLLOUT_CORRECTIONS`
+    ``[mode]`` on ``log ρ^{eng}_{i,t} = log π_old − log π_engine`` corrects the gap; it
+    multiplies the policy term (``grpo_loss(..., token_weights=w)``) and is a constant
+    of the update. ``mode="none"`` gives ``None`` (no correction) with the same statistics.
+
+    ``old_logp``, ``engine_logp``, ``mask``: ``[N, T]``; ``cap``: C ≥ 1. Statistics
+    (detached, over valid tokens): ``rollout_is_logp_diff_mean`` and
+    ``rollout_is_logp_diff_max`` (mean and max ``|log π_old − log π_engine|``), and for a
+    correction its ``rollout_is_truncated_frac`` or ``rollout_is_masked_frac`` and
+    ``rollout_is_weight_mean`` (mean weight over valid tokens).
+    """
+    check_same_2d_shape(old_logp=old_logp, engine_logp=engine_logp, mask=mask)
+    if cap < 1.0:
+        raise ValueError(f"the rollout IS cap C must be >= 1 (a ratio of 1 is no mismatch), got {cap!r}")
+    valid = mask.bool()
+    dtype = torch.promote_types(torch.promote_types(old_logp.dtype, engine_logp.dtype), torch.float32)
+    log_ratio = _zero_padding(old_logp.detach().to(dtype) - engine_logp.detach().to(dtype), valid)
+    diff = log_ratio.abs()
+    stats = {
+        "rollout_is_logp_diff_mean": _masked_mean(diff, valid),
+        "rollout_is_logp_diff_max": diff.max() if diff.numel() else diff.new_zeros(()),
+    }
+    if mode == "none":
+        return None, stats
+    weights, own = lookup(ROLLOUT_CORRECTIONS, "rollout IS mode", mode)(log_ratio, valid, cap)
+    stats.update({f"rollout_is_{k}": v for k, v in own.items()})
+    stats["rollout_is_weight_mean"] = _masked_mean(weights.expand_as(log_ratio), valid)
     return weights, stats
 
 

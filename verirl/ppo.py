@@ -419,7 +419,8 @@ class PPO:
                 old = logp.detach() if old_logp is None else old_logp[idx, :T]
                 adv = advantages[idx, :T]
                 weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
-                                                             a.top_entropy_quantile)
+                                                             a.top_entropy_quantile, part.logprobs, a.rollout_is,
+                                                             a.rollout_is_cap)
                 loss, stats = ppo_loss(
                     logp, old, adv, values, old_values[idx, :T], returns[idx, :T], entropy, m,
                     policy_loss=a.policy_loss, params=self.loss_params, vf_coef=a.vf_coef, ent_coef=a.ent_coef,

@@ -535,7 +535,8 @@ class Trainer:
                 adv = advantages[idx, :T]
                 entropy = _entropy(logits, with_grad=a.ent_coef > 0)
                 weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
-                                                             a.top_entropy_quantile)
+                                                             a.top_entropy_quantile, part.logprobs, a.rollout_is,
+                                                             a.rollout_is_cap)
                 loss, stats = grpo_loss(
                     logp, old, None if ref_logp is None else ref_logp[idx, :T], adv, m,
                     policy_loss=a.policy_loss, params=self.loss_params,
