@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verirl.models import _takes_logits_to_keep, completion_logits
 from verirl.rollout import make_engine
 from verirl.rollout.base import SamplingConfig
-from verirl.rollout.hf import HFEngine, completion_mask, prefill_shared
+from verirl.rollout.decode import choose_tokens, decode
+from verirl.rollout.hf import DECODERS, HFEngine, completion_mask, prefill_shared
 from verirl.tiny import tasks, tiny_model_path
 from verirl.verifier import ConfigError
 
@@ -33,9 +34,10 @@ def sample(engine, prompts, n, temperature, seed=0, max_new_tokens=56):
     return engine.generate(prompts, SamplingConfig(n, max_new_tokens, temperature))
 
 
-def test_rows_masks_and_behaviour_logprobs(tiny, prompts):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_rows_masks_and_behaviour_logprobs(tiny, prompts, decoder):
     model, tok = tiny
-    engine = HFEngine(model, tok)
+    engine = HFEngine(model, tok, decoder=decoder)
     batch = sample(engine, prompts, 4, 0.8)
     N, T = batch.completion_ids.shape
     assert N == len(prompts) * 4 == len(batch.texts)
@@ -58,14 +60,109 @@ def test_rows_masks_and_behaviour_logprobs(tiny, prompts):
     assert (batch.logprobs[~valid] == 0).all()
 
 
-def test_greedy_matches_plain_generate(tiny, prompts):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_greedy_matches_plain_generate(tiny, prompts, decoder):
     model, tok = tiny
-    batch = sample(HFEngine(model, tok), prompts[:2], 1, 0.0)
+    batch = sample(HFEngine(model, tok, decoder=decoder), prompts, 1, 0.0)
     assert batch.logprobs is None
-    for i, p in enumerate(prompts[:2]):
+    for i, p in enumerate(prompts):
         enc = tok(p, return_tensors="pt", add_special_tokens=False)
         out = model.generate(**enc, do_sample=False, max_new_tokens=56, pad_token_id=tok.pad_token_id)
-        assert batch.texts[i] == tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        ids = out[0, enc.input_ids.shape[1]:].tolist()
+        assert batch.texts[i] == tok.decode(ids, skip_special_tokens=True)
+        length = int(batch.completion_mask[i].sum())
+        assert batch.completion_ids[i, :length].tolist() == ids[:length]
+
+
+def test_loop_greedy_equals_generate_greedy_in_a_padded_batch_of_groups(tiny, prompts):
+    """Left padding, n = 3 copies per prompt, rows dropped as they finish: the loop's greedy
+    tokens are generate's, token for token, with the same masks."""
+    model, tok = tiny
+    loop = sample(HFEngine(model, tok, decoder="loop"), prompts, 3, 0.0)
+    plain = sample(HFEngine(model, tok, decoder="generate"), prompts, 3, 0.0)
+    assert torch.equal(loop.completion_ids, plain.completion_ids)
+    assert torch.equal(loop.completion_mask, plain.completion_mask)
+    assert torch.equal(loop.finished, plain.finished) and loop.texts == plain.texts
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_nucleus_logprobs_are_of_the_renormalised_nucleus(tiny, prompts, decoder, top_p):
+    """With ``top_p < 1`` every sampled token lies in its step's nucleus, and its stored
+    log-prob is log(p / mass of the nucleus) at the temperature (both decoders)."""
+    model, tok = tiny
+    torch.manual_seed(1)
+    batch = HFEngine(model, tok, decoder=decoder).generate(prompts, SamplingConfig(4, 24, 1.3, top_p))
+    logits = completion_logits(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                               batch.completion_mask, 1.3)
+    probs = torch.softmax(logits, -1)
+    for i in range(batch.completion_ids.shape[0]):
+        for t in range(int(batch.completion_mask[i].sum())):
+            p = probs[i, t]
+            token = int(batch.completion_ids[i, t])
+            ranked = p.sort(descending=True).values
+            before = ranked.cumsum(0) - ranked
+            nucleus = ranked[before < top_p]
+            assert p[token] >= nucleus.min() * (1 - 1e-5)  # inside the nucleus
+            want = torch.log(p[token] / nucleus.sum())
+            assert abs(batch.logprobs[i, t].item() - want.item()) < 1e-4
+
+
+@pytest.mark.parametrize("compact_frac", [0.0, 0.5, 1.0])
+def test_dropping_finished_rows_changes_no_sample(tiny, prompts, compact_frac):
+    """The loop's samples and log-probs do not depend on when finished rows leave the batch."""
+    model, tok = tiny
+    keep_all = sample(HFEngine(model, tok, compact_frac=1.0), prompts, 4, 1.0)
+    dropped = sample(HFEngine(model, tok, compact_frac=compact_frac), prompts, 4, 1.0)
+    assert torch.equal(keep_all.completion_ids, dropped.completion_ids)
+    valid = keep_all.completion_mask.bool()
+    torch.testing.assert_close(dropped.logprobs[valid], keep_all.logprobs[valid], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [0, 6])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_every_completion_is_reported_once_as_it_finishes(tiny, prompts, decoder, batch_size):
+    model, tok = tiny
+    seen: list[tuple[int, str, int]] = []
+    order: list[list[int]] = []
+
+    def on_finished(rows, texts, lengths):
+        order.append(rows)
+        seen.extend(zip(rows, texts, lengths))
+
+    torch.manual_seed(0)
+    batch = HFEngine(model, tok, decoder=decoder, batch_size=batch_size).generate(
+        prompts, SamplingConfig(3, 40, 1.0), on_finished=on_finished)
+    assert sorted(r for r, _, _ in seen) == list(range(len(batch.texts)))
+    for row, text, length in seen:
+        assert text == batch.texts[row] and length == int(batch.completion_mask[row].sum())
+    if decoder == "loop" and batch_size == 0:  # reported as they end: shorter ones first
+        lengths = {row: length for row, _, length in seen}
+        ends = [max(lengths[r] for r in rows) for rows in order]
+        assert len(order) > 1 and ends == sorted(ends)
+
+
+def test_inverse_cdf_sampling_is_exact():
+    """Uniforms on a fine grid land on token k in proportion p_k; no zero-probability token
+    is ever chosen, even at u → 1; the nucleus keeps the most probable tokens."""
+    logits = torch.log(torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]])).expand(4000, 5).clone()
+    u = (torch.arange(4000, dtype=torch.float32) + 0.5) / 4000
+    tokens, logp = choose_tokens(logits, 1.0, 1.0, u)
+    counts = torch.bincount(tokens, minlength=5).float() / 4000
+    torch.testing.assert_close(counts, torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(logp, torch.log(torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]))[tokens])
+    edge, _ = choose_tokens(logits[:1], 1.0, 1.0, torch.tensor([1.0 - 2**-24]))
+    assert edge.item() == 3  # u just below 1 takes the last token with probability
+    tokens, logp = choose_tokens(logits, 1.0, 0.8, u)  # nucleus {0.6, 0.3}: mass 0.9
+    counts = torch.bincount(tokens, minlength=5).float() / 4000
+    torch.testing.assert_close(counts, torch.tensor([0.0, 0.0, 0.6 / 0.9, 0.3 / 0.9, 0.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(logp, torch.log(torch.tensor([1.0, 1.0, 0.6 / 0.9, 0.3 / 0.9, 1.0]))[tokens])
+    greedy, none = choose_tokens(logits[:2], 0.0, 1.0, None)
+    assert greedy.tolist() == [2, 2] and none is None
+    # temperature flattens: T = 2 samples from p^(1/2) normalised
+    tokens, _ = choose_tokens(logits, 2.0, 1.0, u)
+    want = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).sqrt()
+    torch.testing.assert_close(torch.bincount(tokens, minlength=5).float() / 4000, want / want.sum(), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -112,7 +209,7 @@ def test_batch_size_splits_in_whole_groups(tiny, prompts):
     split = HFEngine(model, tok, batch_size=7)
     calls = []
     original = split._generate
-    split._generate = lambda ps, s: calls.append(len(ps)) or original(ps, s)
+    split._generate = lambda ps, s, cb: calls.append(len(ps)) or original(ps, s, cb)
     parts = sample(split, prompts, 3, 0.0)
     assert calls == [2, 2, 1]
     assert parts.texts == whole.texts

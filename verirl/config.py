@@ -60,6 +60,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature (log-probs are taken at this temperature too)
     top_p: float = 1.0  # nucleus sampling
     batch_size: int = 0  # completions per generate() call, in whole groups of G (0: all at once)
+    hf_decoder: Literal["loop", "generate"] = "loop"  # hf engine: the lean sampling loop (finished rows leave the batch) or transformers generate (the reference)
     gpu_memory_utilization: float = 0.5  # vllm only
 
 

@@ -169,7 +169,7 @@ class Trainer:
                 ref_source = str(checkpoint / "ref")
             self.ref_model = frozen_copy(load_causal_lm(ref_source, c.model.dtype, self.device, c.model.trust_remote_code))
         self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size,
-                                  share_prompts=c.model.share_prompt_forward)
+                                  share_prompts=c.model.share_prompt_forward, decoder=c.rollout.hf_decoder)
 
         self.optimizer, self.scheduler = build_optimizer(self.model.parameters(), c.optim.lr, c)
         self.estimator = c.algo.estimator()

@@ -19,7 +19,7 @@ def make_engine(name: str, model: Any, tokenizer: Any, **options: Any) -> Rollou
         from verirl.rollout.hf import HFEngine
 
         return HFEngine(model, tokenizer, batch_size=options.get("batch_size", 0),
-                        share_prompts=options.get("share_prompts", True))
+                        share_prompts=options.get("share_prompts", True), decoder=options.get("decoder", "loop"))
     if name == "vllm":
         try:
             import vllm  # noqa: F401

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -25,8 +25,10 @@ class RolloutBatch:
     - ``prompt_ids``/``prompt_mask`` ``[N, P]``: prompts, left-padded;
     - ``completion_ids``/``completion_mask`` ``[N, T]``: completions, right-padded; the mask
       covers the generated tokens up to and including EOS;
-    - ``logprobs`` ``[N, T]``: the engine's log-probs of the sampled tokens at the sampling
-      temperature (the behaviour policy), 0 on padding; None if the engine has none;
+    - ``logprobs`` ``[N, T]``: the engine's log-probs of the sampled tokens under the
+      distribution it sampled them from (the behaviour policy π_engine: the logits at the
+      sampling temperature, renormalised over the nucleus when ``top_p < 1``), 0 on
+      padding; None if the engine has none (greedy);
     - ``texts``: decoded completions (special tokens skipped); ``finished[N]``: ended with EOS.
     """
 
@@ -43,16 +45,26 @@ class RolloutBatch:
         return self.completion_mask.sum(-1)
 
 
+#: ``on_finished(rows, texts, num_tokens)``: completions that just ended (EOS or the
+#: length limit), by their row in the RolloutBatch being built, with their decoded texts
+#: (as in ``RolloutBatch.texts``) and token counts; each row is reported exactly once.
+Finished = Callable[[list[int], list[str], list[int]], None]
+
+
 class RolloutEngine(Protocol):
     """Generates completions from the current policy."""
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> RolloutBatch:
-        """Sample ``sampling.n`` completions for each prompt."""
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig,
+                 on_finished: Finished | None = None) -> RolloutBatch:
+        """Sample ``sampling.n`` completions for each prompt; report each completion to
+        ``on_finished`` as soon as the engine knows it (an engine that only knows them at
+        the end reports them all then)."""
         ...
 
-    def sync_weights(self) -> None:
-        """Make the engine sample from the trainer's current weights (a no-op when it
-        shares the trainer's model object)."""
+    def sync_weights(self, state_dict: dict[str, Any] | None = None) -> None:
+        """Make the engine sample from the trainer's current weights: ``state_dict``, the
+        trainer's full (unsharded) state dict, or the trainer's model when None. A no-op
+        when the engine samples from the trainer's model object itself."""
         ...
 
 

@@ -1,42 +1,74 @@
-"""The embedded default engine: transformers ``generate`` on the trainer's own model."""
+"""The embedded default engine: the trainer's own transformers model, sampled by the lean
+loop of :mod:`verirl.rollout.decode` (default) or by transformers ``generate`` (the
+reference it is tested against)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 
-from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches
+from verirl.rollout.base import Finished, RolloutBatch, SamplingConfig, concat_batches
+from verirl.rollout.decode import can_decode, decode
+
+log = logging.getLogger("verirl.rollout.hf")
+
+DECODERS = ("loop", "generate")
 
 
 class HFEngine:
     """Batched, left-padded sampling with the KV cache, on the policy model itself
-    (so no weight sync is needed). ``batch_size`` bounds completions per ``generate``
-    call, in whole groups of ``n`` (0: all at once).
+    (so no weight sync is needed). ``batch_size`` bounds completions per call, in whole
+    groups of ``n`` (0: all at once).
+
+    ``decoder``: ``"loop"`` (:func:`verirl.rollout.decode.decode`: rows that finish leave
+    the batch, inverse-CDF sampling, finished completions reported as they end) or
+    ``"generate"`` (transformers ``generate``). Greedy decoding gives the same tokens in
+    both; sampled completions follow the same distribution but not the same random
+    draws. A model the loop cannot run (:func:`~verirl.rollout.decode.can_decode`) is
+    sampled by ``generate``.
 
     ``share_prompts``: each distinct prompt is prefilled once and its KV cache copied to
-    its ``n`` samples before ``generate`` continues from it, instead of ``generate``
-    prefilling every copy (see :func:`prefill_shared`)."""
+    its ``n`` samples (see :func:`prefill_shared` for ``generate``).
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 0, share_prompts: bool = True):
+    ``compact_frac``: the loop drops finished rows from the batch once they are more than
+    this fraction of it (0.25 measured fastest on the tiny model; see
+    ``benchmarks/rollout_throughput.py``)."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 0, share_prompts: bool = True,
+                 decoder: str = "loop", compact_frac: float = 0.25):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown HF decoder {decoder!r}; choose one of {list(DECODERS)}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.share_prompts = share_prompts
+        self.compact_frac = compact_frac
+        self.decoder = decoder
+        if decoder == "loop" and (why := can_decode(model)) is not None:
+            log.info("the HF engine samples %s with generate (its loop needs a decoder-only LM with a KV cache)", why)
+            self.decoder = "generate"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
 
-    def sync_weights(self) -> None:
+    def sync_weights(self, state_dict: Any = None) -> None:
+        """Nothing to do: the engine samples from the trainer's own model object."""
         return None
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> RolloutBatch:
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, on_finished: Finished | None = None
+                 ) -> RolloutBatch:
         per_call = max(1, self.batch_size // sampling.n) if self.batch_size else len(prompts)
-        parts = [self._generate(list(prompts[i : i + per_call]), sampling) for i in range(0, len(prompts), per_call)]
+        parts = []
+        for i in range(0, len(prompts), per_call):
+            offset = i * sampling.n
+            report = None if on_finished is None else _shifted(on_finished, offset)
+            parts.append(self._generate(list(prompts[i : i + per_call]), sampling, report))
         return parts[0] if len(parts) == 1 else concat_batches(parts, self.tokenizer.pad_token_id)
 
-    def _generate(self, prompts: list[str], sampling: SamplingConfig) -> RolloutBatch:
+    def _generate(self, prompts: list[str], sampling: SamplingConfig, on_finished: Finished | None) -> RolloutBatch:
         tok = self.tokenizer
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -44,10 +76,42 @@ class HFEngine:
         index = torch.arange(len(prompts), device=device).repeat_interleave(sampling.n)
         prompt_ids = enc["input_ids"].to(device)
         prompt_mask = enc["attention_mask"].to(device)
-        input_ids, attention_mask = prompt_ids[index], prompt_mask[index]
-        greedy = sampling.temperature == 0
         was_training = self.model.training
         self.model.eval()
+        try:
+            if self.decoder == "loop":
+                return self._loop(prompt_ids, prompt_mask, index, sampling, on_finished)
+            return self._hf_generate(prompt_ids, prompt_mask, index, sampling, on_finished)
+        finally:
+            self.model.train(was_training)
+
+    def _loop(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, index: torch.Tensor,
+              sampling: SamplingConfig, on_finished: Finished | None) -> RolloutBatch:
+        tok = self.tokenizer
+        texts: dict[int, str] = {}
+
+        def finished_rows(rows: list[int], ids: list[list[int]]) -> None:
+            decoded = tok.batch_decode(ids, skip_special_tokens=True)
+            texts.update(zip(rows, decoded))
+            if on_finished is not None:
+                on_finished(rows, decoded, [len(x) for x in ids])
+
+        if not self.share_prompts:  # prefill every row's copy of its prompt
+            prompt_ids, prompt_mask, index = prompt_ids[index], prompt_mask[index], torch.arange(
+                len(index), device=index.device)
+        out = decode(self.model, prompt_ids, prompt_mask, index, sampling.max_new_tokens, sampling.temperature,
+                     sampling.top_p, self.eos_ids, tok.pad_token_id, compact_frac=self.compact_frac,
+                     on_finished=finished_rows)
+        mask, finished = completion_mask(out.tokens, self.eos_ids)
+        logprobs = None if out.logprobs is None else out.logprobs * mask
+        return RolloutBatch(prompt_ids[index], prompt_mask[index], out.tokens, mask, logprobs,
+                            [texts[i] for i in range(len(index))], finished)
+
+    def _hf_generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, index: torch.Tensor,
+                     sampling: SamplingConfig, on_finished: Finished | None) -> RolloutBatch:
+        tok = self.tokenizer
+        input_ids, attention_mask = prompt_ids[index], prompt_mask[index]
+        greedy = sampling.temperature == 0
         extra = {}
         if self.share_prompts and sampling.n > 1:
             extra = prefill_shared(self.model, prompt_ids, prompt_mask, index)
@@ -63,20 +127,27 @@ class HFEngine:
             pad_token_id=tok.pad_token_id,
             use_cache=True,
             return_dict_in_generate=True,
-            output_logits=not greedy,
+            output_scores=not greedy,
             **extra,
         )
-        self.model.train(was_training)
         completion = out.sequences[:, input_ids.shape[1] :]
         mask, finished = completion_mask(completion, self.eos_ids)
         completion = completion.masked_fill(mask == 0, tok.pad_token_id)
         logprobs = None
         if not greedy:
-            # behaviour log-probs of the sampled tokens: log softmax(logits / T)
-            logits = torch.stack(out.logits, dim=1).float() / sampling.temperature
-            logprobs = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
+            # behaviour log-probs of the sampled tokens under the distribution they were
+            # drawn from: the processed scores (logits / T, nucleus-filtered when top_p < 1)
+            scores = torch.stack(out.scores, dim=1).float()
+            logprobs = torch.log_softmax(scores, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1) * mask
         texts = tok.batch_decode(completion, skip_special_tokens=True)
+        if on_finished is not None:
+            on_finished(list(range(len(texts))), texts, mask.sum(-1).tolist())
         return RolloutBatch(input_ids, attention_mask, completion, mask, logprobs, texts, finished)
+
+
+def _shifted(on_finished: Finished, offset: int) -> Finished:
+    """The callback with row indices shifted by ``offset`` (the rows of earlier calls)."""
+    return lambda rows, texts, lengths: on_finished([r + offset for r in rows], texts, lengths)
 
 
 def prefill_shared(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
