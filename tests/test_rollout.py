@@ -227,5 +227,5 @@ def test_completion_mask_matches_a_loop():
 
 
 def test_make_engine_names():
-    with pytest.raises(ConfigError, match="choose 'hf' or 'vllm'"):
+    with pytest.raises(ConfigError, match=r"choose one of \['hf', 'vllm'\]"):
         make_engine("nope", None, None)

@@ -61,7 +61,12 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling
     batch_size: int = 0  # completions per generate() call, in whole groups of G (0: all at once)
     hf_decoder: Literal["loop", "generate"] = "loop"  # hf engine: the lean sampling loop (finished rows leave the batch) or transformers generate (the reference)
-    gpu_memory_utilization: float = 0.5  # vllm only
+    gpu_memory_utilization: float = 0.5  # vllm: fraction of the GPU's memory vLLM takes (its weights, activations, KV cache)
+    tensor_parallel_size: int = 1  # vllm: GPUs one rollout engine spans (vLLM's tensor parallelism)
+    vllm_sleep_level: Literal[0, 1, 2] = 2  # vllm: during each update 0 stays resident, 1 offloads weights to CPU and frees the KV cache, 2 frees both (weights re-synced)
+    vllm_weight_sync: Literal["auto", "weight_transfer", "load_weights"] = "auto"  # vllm: in-memory sync after each optimizer step: vLLM's IPC weight-transfer engine, or the in-process model's load_weights (auto: the former where vLLM has it)
+    vllm_enforce_eager: bool = False  # vllm: no CUDA graphs (faster start-up, slower decoding)
+    vllm_max_model_len: int | None = None  # vllm: longest prompt + completion it must hold (None: the model's limit)
 
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo", "opo", "gpg", "grpo_passk", "reinforce_plus_plus",
@@ -360,6 +365,7 @@ def validate(config: Config) -> None:
     if a.beta < 0:
         raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
     _validate_algorithm(config)
+    _validate_rollout(config)
     _validate_optim_and_model(config)
     _validate_train(t)
     if a.name == "ppo":
@@ -418,6 +424,29 @@ def _validate_algorithm(config: Config) -> None:
     if a.kl_estimator == "k3+" and a.name == "ppo":
         raise ConfigError("algo.kl_estimator=k3+ weights the KL term of a loss by ρ; PPO puts its KL in the reward "
                           "(algo.beta_r), so use k1, k2, k3, abs or low_var_kl with algo.name=ppo")
+
+
+def _validate_rollout(config: Config) -> None:
+    """Engine options; for ``rollout.engine: vllm``, that vLLM and a GPU are there (checked
+    without importing vLLM)."""
+    r = config.rollout
+    if not 0 < r.gpu_memory_utilization <= 1:
+        raise ConfigError(f"rollout.gpu_memory_utilization must be in (0, 1], got {r.gpu_memory_utilization}")
+    if r.tensor_parallel_size < 1:
+        raise ConfigError(f"rollout.tensor_parallel_size must be ≥ 1, got {r.tensor_parallel_size}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.engine != "vllm":
+        if r.tensor_parallel_size != 1:
+            raise ConfigError("rollout.tensor_parallel_size applies to rollout.engine=vllm; the hf engine samples "
+                              "on the trainer's own model (set rollout.engine=vllm, or leave it at 1)")
+        return
+    if config.model.lora_rank:
+        raise ConfigError("model.lora_rank with rollout.engine=vllm is not supported: the adapters would have to be "
+                          "merged into the weights sent to vLLM at every sync; use rollout.engine=hf with LoRA")
+    from verirl.rollout.vllm_engine import check_vllm
+
+    check_vllm(r.vllm_weight_sync, r.tensor_parallel_size)
 
 
 def _validate_optim_and_model(config: Config) -> None:

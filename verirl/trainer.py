@@ -57,7 +57,7 @@ from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weigh
 from verirl.ppo import PPO
 from verirl.report import sample_table
 from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
-from verirl.rollout import make_engine
+from verirl.rollout import engine_options, make_engine
 from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows, trim_padding
 from verirl.rundir import clear_run, prepare_run_dir
 from verirl.verifier import ConfigError, Sample, Step
@@ -168,8 +168,7 @@ class Trainer:
             if checkpoint is not None and (checkpoint / "ref").exists():
                 ref_source = str(checkpoint / "ref")
             self.ref_model = frozen_copy(load_causal_lm(ref_source, c.model.dtype, self.device, c.model.trust_remote_code))
-        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, batch_size=c.rollout.batch_size,
-                                  share_prompts=c.model.share_prompt_forward, decoder=c.rollout.hf_decoder)
+        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, **engine_options(c, source))
 
         self.optimizer, self.scheduler = build_optimizer(self.model.parameters(), c.optim.lr, c)
         self.estimator = c.algo.estimator()
@@ -266,6 +265,7 @@ class Trainer:
         start = time.perf_counter()
         c = self.config
         rollout = self.rollout()
+        self.engine.sleep()  # an engine holding accelerator memory lends it to the update
         batch = _to_device(rollout.batch, self.device)
         mask = batch.completion_mask
 
@@ -276,6 +276,7 @@ class Trainer:
         else:
             stats, update_s = self._grpo_update(batch, rollout, rewards)
 
+        self.engine.sync_weights()  # the next rollout samples from the updated policy
         if c.algo.ref_reset_every and self.ref_model is not None and (self.step + 1) % c.algo.ref_reset_every == 0:
             sync_reference(self.ref_model, self.model, c.algo.ref_mixup_alpha)
 

@@ -61,6 +61,12 @@ class RolloutEngine(Protocol):
         the end reports them all then)."""
         ...
 
+    def sleep(self) -> None:
+        """Free the accelerator memory the engine holds (KV cache, its own weights) until
+        its next call: the trainer calls it before each update. A no-op for engines
+        holding none."""
+        ...
+
     def sync_weights(self, state_dict: dict[str, Any] | None = None) -> None:
         """Make the engine sample from the trainer's current weights: ``state_dict``, the
         trainer's full (unsharded) state dict, or the trainer's model when None. A no-op

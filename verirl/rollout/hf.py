@@ -57,6 +57,10 @@ class HFEngine:
         """Nothing to do: the engine samples from the trainer's own model object."""
         return None
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between calls."""
+        return None
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig, on_finished: Finished | None = None
                  ) -> RolloutBatch:
