@@ -25,7 +25,8 @@ What is measured
   TRL: ``on_step_begin`` → ``on_step_end`` of a ``TrainerCallback``, which spans
   ``training_step`` (generation, rewards, advantages, loss, backward) and the optimizer
   step. Neither includes its per-step logging I/O. Phases: verirl's ``perf/rollout_s``
-  and ``perf/reward_s``; TRL's ``_generate_and_score_completions`` (generation, rewards,
+  and ``perf/reward_s`` (less ``perf/reward_overlap_s``, the scoring that ran during
+  generation); TRL's ``_generate_and_score_completions`` (generation, rewards,
   advantages, reference log-probs) and the reward function's own time. The remainder is
   the update.
 - peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the child at the end of
@@ -266,13 +267,16 @@ def run_verirl(config: Any, eval_limit: int, gate: Gate) -> dict[str, Any]:
     step_s = [r["perf/step_s"] for r in steps]
     rollout_s = [r["perf/rollout_s"] for r in steps]
     reward_s = [r["perf/reward_s"] for r in steps]
+    # scoring that ran while the engine was still generating is inside rollout_s already
+    overlap_s = [r.get("perf/reward_overlap_s", 0.0) for r in steps]
     trainer.model.eval()
     accuracy = greedy_accuracy(trainer.model, trainer.tokenizer, config, eval_limit)
     return {
         "step_s": step_s,
         "generate_s": rollout_s,  # generation only
         "reward_s": reward_s,
-        "update_s": [s - r - w for s, r, w in zip(step_s, rollout_s, reward_s)],
+        "reward_overlap_s": overlap_s,
+        "update_s": [s - r - (w - o) for s, r, w, o in zip(step_s, rollout_s, reward_s, overlap_s)],
         "reward_mean": [r["reward/mean"] for r in steps],
         "completion_len": [r["rollout/len_mean"] for r in steps],
         "zero_std_frac": [r["rollout/zero_std_frac"] for r in steps],

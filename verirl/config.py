@@ -60,6 +60,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature (log-probs are taken at this temperature too)
     top_p: float = 1.0  # nucleus sampling
     batch_size: int = 0  # completions per generate() call, in whole groups of G (0: all at once)
+    overlap_rewards: bool = True  # score completions in a background thread as the engine finishes them, while the rest generate (perf/reward_overlap_s)
     hf_decoder: Literal["loop", "generate"] = "loop"  # hf engine: the lean sampling loop (finished rows leave the batch) or transformers generate (the reference)
     gpu_memory_utilization: float = 0.5  # vllm: fraction of the GPU's memory vLLM takes (its weights, activations, KV cache)
     tensor_parallel_size: int = 1  # vllm: GPUs one rollout engine spans (vLLM's tensor parallelism)

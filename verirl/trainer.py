@@ -53,6 +53,7 @@ from verirl.models import (
     pick_device,
 )
 from verirl.optim import build_optimizer
+from verirl.overlap import OverlappedScoring
 from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weights
 from verirl.ppo import PPO
 from verirl.report import sample_table
@@ -80,9 +81,10 @@ class Rollout:
     zero_std_frac: float  # fraction of all-equal groups before any resampling
     resample_rounds: int
     rollout_s: float
-    reward_s: float
+    reward_s: float  # seconds the verifiers ran, overlapped with generation or not
     samples_drawn: int = 0  # completions generated for this step, resampled groups included
     baseline: list[float] | None = None  # remax: each completion's greedy-rollout reward of its prompt
+    reward_overlap_s: float = 0.0  # of reward_s, the seconds that ran while the engine was still generating
 
 
 def seed_everything(seed: int) -> None:
@@ -305,6 +307,7 @@ class Trainer:
             "optim/lr": self.scheduler.get_last_lr()[0],
             "perf/rollout_s": rollout.rollout_s,
             "perf/reward_s": rollout.reward_s,
+            "perf/reward_overlap_s": rollout.reward_overlap_s,
             "perf/rollout_tok_s": gen_tokens / max(rollout.rollout_s, 1e-9),
             "perf/train_tok_s": total_tokens * c.algo.ppo_epochs / max(update_s, 1e-9),
             "perf/step_s": time.perf_counter() - start,
@@ -383,7 +386,7 @@ class Trainer:
         B, G = c.rollout.prompts_per_step, c.rollout.group_size
         sampling = SamplingConfig(G, c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
         kept: list[tuple[RolloutBatch, Problem, list[Sample], RewardBatch, bool]] = []
-        rollout_s = reward_s = 0.0
+        rollout_s = reward_s = overlap_s = 0.0
         failures: dict[str, dict[str, int]] = {}
         first_zero_frac = 0.0
         rounds = drawn = 0
@@ -391,12 +394,21 @@ class Trainer:
             need = B if not kept else B - sum(1 for k in kept if not k[4])
             problems = self.stream.take(need)
             prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in problems]
+            # score completions in a background thread as the engine finishes them
+            scoring = None
+            if c.rollout.overlap_rewards:
+                scoring = OverlappedScoring(self.reward_fn, lambda row, text, n: self._sample(prompts, problems, G, row,
+                                                                                             text, n))
             t0 = time.perf_counter()
-            batch = self.engine.generate(prompts, sampling)
+            batch = self.engine.generate(prompts, sampling, on_finished=None if scoring is None else scoring.submit)
             rollout_s += time.perf_counter() - t0
             drawn += len(batch.texts)
             samples = self._samples(prompts, problems, batch, G)
-            scored = self.reward_fn(samples)
+            if scoring is None:
+                scored = self.reward_fn(samples)
+            else:
+                scored, overlapped = scoring.result(len(samples))
+                overlap_s += overlapped
             reward_s += scored.seconds
             for name, counts in scored.failures.items():
                 for kind, n in counts.items():
@@ -428,7 +440,7 @@ class Trainer:
             baseline = self.greedy_baseline(problems)
             rollout_s += time.perf_counter() - t0
         return Rollout(batch, problems, [s for k in kept for s in k[2]], rewards,
-                       first_zero_frac, rounds, rollout_s, reward_s, drawn, baseline)
+                       first_zero_frac, rounds, rollout_s, reward_s, drawn, baseline, overlap_s)
 
     def greedy_baseline(self, problems: list[Problem]) -> list[float]:
         """ReMax's baseline: the reward of each prompt's greedy completion, repeated on the
@@ -441,11 +453,15 @@ class Trainer:
 
     def _samples(self, prompts: list[str], problems: list[Problem], batch: RolloutBatch, n: int) -> list[Sample]:
         """The verifiers' view of a rollout of ``n`` completions per prompt."""
-        return [
-            Sample(prompt=prompts[i // n], completion=text, answer=problems[i // n].answer, row=problems[i // n].row,
-                   num_tokens=int(batch.num_tokens[i]), max_tokens=self.config.rollout.max_new_tokens)
-            for i, text in enumerate(batch.texts)
-        ]
+        lengths = batch.num_tokens.tolist()
+        return [self._sample(prompts, problems, n, i, text, int(lengths[i])) for i, text in enumerate(batch.texts)]
+
+    def _sample(self, prompts: list[str], problems: list[Problem], n: int, row: int, text: str,
+                num_tokens: int) -> Sample:
+        """Completion ``row`` of a rollout of ``n`` completions per prompt, as the verifiers see it."""
+        problem = problems[row // n]
+        return Sample(prompt=prompts[row // n], completion=text, answer=problem.answer, row=problem.row,
+                      num_tokens=num_tokens, max_tokens=self.config.rollout.max_new_tokens)
 
     def place_steps(self, batch: RolloutBatch, steps: list[list[Step]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each completion's steps as ``[N, K]`` tensors: their rewards, the index of the
