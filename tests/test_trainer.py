@@ -235,3 +235,34 @@ def test_place_steps_keeps_every_step_and_ends_on_completion_tokens(char_model, 
         assert index[0].tolist() == [1, 1, last]  # two steps on one token stay two
     finally:
         trainer.close()
+
+
+def test_engine_sleeps_for_each_update_and_gets_the_weights_after_it(char_model, problems_file, tmp_path):
+    """The trainer hands the engine its memory back before each update (``sleep``) and its
+    updated weights after the optimizer step (``sync_weights``), before the next rollout:
+    checked on the real HF engine, recording when it is called and what the weights are."""
+    from verirl.rollout.hf import HFEngine
+
+    events = []
+
+    class Recording(HFEngine):
+        def generate(self, prompts, sampling, on_finished=None):
+            events.append("generate")
+            return super().generate(prompts, sampling, on_finished)
+
+        def sleep(self):
+            events.append("sleep")
+
+        def sync_weights(self, state_dict=None):
+            events.append(("sync", sum(float(p.sum()) for p in self.model.parameters())))
+
+    trainer = Trainer(make_config(char_model, problems_file, tmp_path, "train.steps=2"))
+    try:
+        trainer.engine = Recording(trainer.model, trainer.tokenizer)
+        before = sum(float(p.sum()) for p in trainer.model.parameters())
+        trainer.train()
+        after = sum(float(p.sum()) for p in trainer.model.parameters())
+    finally:
+        trainer.close()
+    assert [e if isinstance(e, str) else e[0] for e in events] == ["generate", "sleep", "sync"] * 2
+    assert events[2][1] != before and events[-1][1] == after  # synced after each step's update

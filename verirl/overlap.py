@@ -2,11 +2,11 @@
 
 The engine reports completions as they finish (``on_finished``,
 :data:`verirl.rollout.base.Finished`); :class:`OverlappedScoring` hands them to the
-reward function in one background thread, whatever has accumulated each time the
-thread is free, so the verifiers (which do their heavy work in worker processes,
-:class:`verirl.sandbox.WorkerPool`) run during decoding instead of after it. The
-scores are those of one call on the whole batch, in row order: each sample's score
-does not depend on which others share its call.
+reward function in one background thread, whatever has accumulated (at least
+``min_batch`` rows) each time the thread is free, so the verifiers (which do their
+heavy work in worker processes, :class:`verirl.sandbox.WorkerPool`) run during
+decoding instead of after it. The scores are those of one call on the whole batch, in
+row order: each sample's score does not depend on which others share its call.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ class OverlappedScoring:
     :class:`RewardBatch` of all rows and the seconds of scoring that ran while the
     engine was still generating. Not reusable across rollouts."""
 
-    def __init__(self, reward_fn: RewardFunction, make_sample: MakeSample):
+    def __init__(self, reward_fn: RewardFunction, make_sample: MakeSample, min_batch: int = 1):
         self.reward_fn = reward_fn
         self.make_sample = make_sample
+        self.min_batch = min_batch  # fewer finished rows wait for more (each call has a fixed cost)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verirl-scoring")
         self._pending: list[tuple[int, Sample]] = []
         self._running: Future | None = None
@@ -40,7 +41,7 @@ class OverlappedScoring:
 
     def submit(self, rows: list[int], texts: list[str], num_tokens: list[int]) -> None:
         self._pending.extend((row, self.make_sample(row, text, n)) for row, text, n in zip(rows, texts, num_tokens))
-        if self._running is None or self._running.done():
+        if len(self._pending) >= self.min_batch and (self._running is None or self._running.done()):
             self._dispatch()
 
     def _dispatch(self) -> None:

@@ -150,6 +150,13 @@ class VLLMEngine:
             from vllm.config import WeightTransferConfig
 
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # see the module docstring
+            # CUDA IPC needs the engine in another process; an external_launcher engine
+            # started earlier in this process turned vLLM's multiprocessing off
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+            import vllm.envs
+
+            if hasattr(vllm.envs, "disable_envs_cache"):  # and an in-process engine froze vLLM's env reads
+                vllm.envs.disable_envs_cache()
             kwargs["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
         else:
             _external_launcher_env()
