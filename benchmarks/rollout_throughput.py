@@ -56,13 +56,17 @@ def load_prompts(args: argparse.Namespace, tokenizer: Any) -> list[str]:
 
 def timed_rounds(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, dict[str, float]]:
     """Each engine once untimed, then ``repeats`` alternating timed rounds; median
-    seconds and generated tokens per batch."""
+    seconds and generated tokens per batch. Every engine starts round r from seed r, so
+    engines that sample alike (the hf-loop variants) decode the same completions."""
+    import torch
+
     for run in runs.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     tokens: dict[str, list[int]] = {name: [] for name in runs}
-    for _ in range(repeats):
+    for r in range(repeats):
         for name, run in runs.items():
+            torch.manual_seed(r)
             start = time.perf_counter()
             n = run()
             seconds[name].append(time.perf_counter() - start)

@@ -444,9 +444,11 @@ def test_critic_fits_the_returns_of_a_fixed_rollout(char_model, problems_file, t
 
 def test_rollout_pass_is_the_same_in_trimmed_micro_batches(char_model, problems_file, tmp_path, plugin):
     """Micro-batches drop their all-padding columns; log π_old and V_old must not change."""
-    whole = Trainer(ppo_config(char_model, problems_file, tmp_path / "a", "algo.critic=shared"))
+    # 24 tokens: a random model's completions end at EOS at different lengths (6 can leave none padded)
+    whole = Trainer(ppo_config(char_model, problems_file, tmp_path / "a", "algo.critic=shared",
+                               "rollout.max_new_tokens=24"))
     micro = Trainer(ppo_config(char_model, problems_file, tmp_path / "b", "algo.critic=shared",
-                               "algo.minibatch_size=8", "algo.micro_batch_size=1"))
+                               "algo.minibatch_size=8", "algo.micro_batch_size=1", "rollout.max_new_tokens=24"))
     try:
         torch.nn.init.normal_(whole.ppo.critic.head.linear.weight)
         micro.ppo.critic.load_state_dict(whole.ppo.critic.state_dict())
