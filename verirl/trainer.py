@@ -398,7 +398,7 @@ class Trainer:
             scoring = None
             if c.rollout.overlap_rewards:
                 scoring = OverlappedScoring(self.reward_fn, lambda row, text, n: self._sample(prompts, problems, G, row,
-                                                                                             text, n), min_batch=G)
+                                                                                             text, n), min_batch=max(G, len(prompts) * G // 4))
             t0 = time.perf_counter()
             batch = self.engine.generate(prompts, sampling, on_finished=None if scoring is None else scoring.submit)
             rollout_s += time.perf_counter() - t0

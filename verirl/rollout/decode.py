@@ -91,7 +91,6 @@ def choose_tokens(logits: Tensor, temperature: float, top_p: float, uniform: Ten
     return order.gather(1, choice.unsqueeze(1)).squeeze(1), torch.log(chosen_p / total.squeeze(1))
 
 
-@torch.no_grad()
 def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, *,
            compact_frac: float = 0.25, on_finished: RowsFinished | None = None) -> Decoded:
@@ -101,7 +100,20 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     it is called as in :func:`verirl.models.shared_prompt_forward` (position ids that skip
     the left padding, an explicit cache). Rows that finish are dropped from the batch
     once they are more than ``compact_frac`` of it (0: as soon as any finishes; 1: never).
+
+    The loop runs under ``torch.inference_mode`` (no autograd bookkeeping per op: 12 % of
+    the loop's time on the tiny model); its outputs are copied out of it, so they are
+    ordinary tensors the update can use.
     """
+    with torch.inference_mode():
+        out = _decode(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, eos_ids, pad_id,
+                      compact_frac, on_finished)
+    return Decoded(out.tokens.clone(), None if out.logprobs is None else out.logprobs.clone(), out.finished.clone())
+
+
+def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
+            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, compact_frac: float,
+            on_finished: RowsFinished | None) -> Decoded:
     from verirl.models import _takes_logits_to_keep, cache_kwarg_name, prompt_cache
 
     device = prompt_ids.device
