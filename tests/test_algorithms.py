@@ -75,7 +75,7 @@ def test_rollout_is_with_the_hf_engine(char_model, problems_file, tmp_path, mode
     the trainer's recomputation up to float rounding: weights ≈ 1, nothing truncated or
     masked, with μ = 2 epochs (π_old recomputed) and with one update per rollout."""
     for epochs in ("algo.ppo_epochs=1", "algo.ppo_epochs=2"):
-        record = one_step(make_config(char_model, problems_file, tmp_path, f"algo.rollout_is={mode}", epochs,
+        record = one_step(make_config(char_model, problems_file, tmp_path / epochs, f"algo.rollout_is={mode}", epochs,
                                       f"algo.name={algo}", "algo.rollout_is_cap=1.01"))
         _finite(record, "policy/loss", "policy/rollout_is_logp_diff_mean", "policy/rollout_is_weight_mean")
         assert record["policy/rollout_is_logp_diff_max"] < 1e-3
