@@ -68,15 +68,10 @@ def merge(base: Any, over: Any) -> Any:
 def load_ablation(path: str | Path) -> Ablation:
     """Read and check an ablation config; every arm's training config is validated here,
     before any run starts, and must draw the same samples as the others."""
-    from verirl.config import config_from_mapping
+    from verirl.config import config_from_mapping, read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"ablation config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"ablation config {path} is not valid YAML: {exc}") from None
+    data = read_yaml(path, "ablation config")
     if not isinstance(data, dict):
         raise ConfigError(f"ablation config {path} must be a mapping with keys {', '.join(KEYS)}")
     unknown = sorted(set(data) - set(KEYS))

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
 
 from verirl.plugins import get_verifier
 from verirl.verifier import ConfigError, Failure, Sample, Step
@@ -100,14 +99,9 @@ def parse_rewards(entries: Any, *, source: str = "rewards") -> list[RewardTerm]:
 
 def load_rewards(path: str | Path) -> list[RewardTerm]:
     """Read a rewards YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"rewards file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"rewards file {path} is not valid YAML: {exc}") from None
-    return parse_rewards(data, source=str(path))
+    from verirl.config import read_yaml
+
+    return parse_rewards(read_yaml(path, "rewards file"), source=str(path))
 
 
 @dataclass
