@@ -1,0 +1,42 @@
+"""verirl.tiny.steps: the multi-step generator is deterministic, its solutions hold and
+parse with the project's own answer extraction and the ``arith_steps`` verifier, and an
+injected error is flagged by ``arith_steps`` on exactly the labelled line."""
+
+from __future__ import annotations
+
+import random
+
+from verirl.grading.extract import extract_answer
+from verirl.tiny.steps import MAX_CALCS, MAX_VALUE, MIN_CALCS, generate, inject_error, make_splits
+from verirl.tiny.tasks import check_answer, gold_number
+from verirl.verifiers.arith_steps import step_verdicts
+
+
+def test_generate_is_deterministic_in_the_seed() -> None:
+    assert generate(50, seed=3) == generate(50, seed=3)
+    assert generate(50, seed=3) != generate(50, seed=4)
+    train, test = make_splits(200, 50, seed=1)
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+
+
+def test_solutions_hold_and_have_three_to_five_calculations() -> None:
+    counts = set()
+    for p in generate(300, seed=0):
+        final = check_answer(p["answer"])  # raises on any wrong step or final mismatch
+        assert 0 <= final <= MAX_VALUE and gold_number(p["answer"]) == str(final)
+        assert extract_answer(p["answer"]) == str(final)
+        n = p["answer"].count("<<")
+        assert MIN_CALCS <= n <= MAX_CALCS and n == p["answer"].count("\n")
+        counts.add(n)
+    assert counts == set(range(MIN_CALCS, MAX_CALCS + 1))
+
+
+def test_arith_steps_finds_every_line_correct_and_the_injected_error() -> None:
+    rng = random.Random(0)
+    for p in generate(40, seed=2):
+        verdicts = [v for _, _, v in step_verdicts(p["answer"])]
+        assert verdicts[:-1] == ["correct"] * p["answer"].count("<<") and verdicts[-1] == "neutral"
+        bad, labels = inject_error(p, rng)
+        with_error = [v for _, _, v in step_verdicts(bad["answer"])][:-1]
+        assert with_error == ["correct" if ok else "wrong" for ok in labels]
+        assert labels.count(False) == 1
