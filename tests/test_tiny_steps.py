@@ -40,3 +40,24 @@ def test_arith_steps_finds_every_line_correct_and_the_injected_error() -> None:
         with_error = [v for _, _, v in step_verdicts(bad["answer"])][:-1]
         assert with_error == ["correct" if ok else "wrong" for ok in labels]
         assert labels.count(False) == 1
+
+
+def test_shipped_tiny_steps_asset_loads_by_name_and_its_data_rebuild() -> None:
+    import json
+
+    from verirl.data import resolve_path
+    from verirl.tiny.tasks import read_jsonl
+
+    folder = resolve_path("builtin:tiny-steps")
+    cfg = json.loads(open(f"{folder}/build.json").read())["config"]
+    assert cfg["task"] == "steps"
+    train, test = read_jsonl(f"{folder}/train.jsonl"), read_jsonl(f"{folder}/test.jsonl")
+    assert (train, test) == make_splits(cfg["n_train"], cfg["n_test"], cfg["seed"])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.5e6
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompt = tok.apply_chat_template([{"role": "user", "content": test[0]["question"]}],
+                                     add_generation_prompt=True, tokenize=False)
+    assert prompt == f"Question: {test[0]['question']}\nAnswer:"

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build data, tokenizer and model into a folder")
     b.add_argument("--out", default=str(tiny_model_path()), help="output folder (default: the shipped assets)")
     b.add_argument("--steps", type=int, help="SFT steps (the main knob of the starting accuracy)")
+    b.add_argument("--task", choices=("arith", "steps"), help="arith: 1-2-step tiny-arith; steps: 3-5-step tiny-steps")
     b.add_argument("--seed", type=int)
     b.add_argument("--threads", type=int, help="torch threads (part of what makes the build reproducible)")
     b.add_argument("--n-train", type=int)
