@@ -61,3 +61,16 @@ def test_shipped_tiny_steps_asset_loads_by_name_and_its_data_rebuild() -> None:
     prompt = tok.apply_chat_template([{"role": "user", "content": test[0]["question"]}],
                                      add_generation_prompt=True, tokenize=False)
     assert prompt == f"Question: {test[0]['question']}\nAnswer:"
+
+
+def test_shipped_ablation_configs_load_and_every_arm_validates() -> None:
+    from pathlib import Path
+
+    from verirl.ablate import load_ablation
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    tiny = load_ablation(configs / "ablation_tiny.yaml")
+    assert set(tiny.arms) == {"outcome_grpo", "rule_process_grpo", "outcome_ppo", "rule_process_ppo"}
+    assert tiny.seeds == [0, 1, 2]
+    gsm8k = load_ablation(configs / "ablation_gsm8k.yaml")
+    assert gsm8k.arms["prm_process_ppo"]["algo"]["name"] == "ppo"
