@@ -273,14 +273,14 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     cfg = cfg or BuildConfig()
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.task not in ("arith", "steps"):
+        raise ValueError(f"task must be 'arith' or 'steps', got {cfg.task!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
 
-    if cfg.task not in ("arith", "steps"):
-        raise ValueError(f"task must be 'arith' or 'steps', got {cfg.task!r}")
     if cfg.task == "steps":
         train, test = steps_task.make_splits(cfg.n_train, cfg.n_test, cfg.seed)
         sft_data = train
