@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build data, tokenizer and model into a folder")
-    b.add_argument("--out", default=str(tiny_model_path()), help="output folder (default: the shipped assets)")
+    b.add_argument("--out", help="output folder (default: the shipped assets, tiny-arith or tiny-steps by --task)")
     b.add_argument("--steps", type=int, help="SFT steps (the main knob of the starting accuracy)")
+    b.add_argument("--task", choices=("arith", "steps"), help="arith: 1-2-step tiny-arith; steps: 3-5-step tiny-steps")
     b.add_argument("--seed", type=int)
     b.add_argument("--threads", type=int, help="torch threads (part of what makes the build reproducible)")
     b.add_argument("--n-train", type=int)
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update({k: tuple(v) for k, v in overrides.items() if isinstance(v, list)})
         try:
             cfg = BuildConfig(**overrides)
+            if args.out is None:
+                args.out = str(tiny_model_path().parent / ("tiny-steps" if cfg.task == "steps" else "tiny-arith"))
             build(args.out, cfg)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)

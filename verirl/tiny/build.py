@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from verirl.tiny import steps as steps_task
 from verirl.tiny import tasks
 
 EOS_TOKEN = "<|endoftext|>"
@@ -70,6 +71,10 @@ def format_completion(answer: str) -> str:
 class BuildConfig:
     """Every knob of the build; the defaults make the shipped model."""
 
+    task: str = "arith"
+    """Which problems: "arith" (tasks: 1-2 steps, the shipped tiny-arith) or "steps"
+    (tiny.steps: 3-5 calculations, the step-credit task tiny-steps; premature_frac,
+    two_step_frac and the ranges do not apply to it)."""
     seed: int = 0
     """Seeds the problem generator, the weight init and the SFT batch order."""
     n_train: int = 4000
@@ -268,16 +273,23 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     cfg = cfg or BuildConfig()
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.task not in ("arith", "steps"):
+        raise ValueError(f"task must be 'arith' or 'steps', got {cfg.task!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
 
-    difficulty = tasks.Difficulty(add=tuple(cfg.add_range), small=tuple(cfg.small_range),
-                                  factor=tuple(cfg.factor_range))
-    train, test = tasks.make_splits(cfg.n_train, cfg.n_test, cfg.seed, two_step_frac=cfg.two_step_frac,
-                                    difficulty=difficulty)
+    if cfg.task == "steps":
+        train, test = steps_task.make_splits(cfg.n_train, cfg.n_test, cfg.seed)
+        sft_data = train
+    else:
+        difficulty = tasks.Difficulty(add=tuple(cfg.add_range), small=tuple(cfg.small_range),
+                                      factor=tuple(cfg.factor_range))
+        train, test = tasks.make_splits(cfg.n_train, cfg.n_test, cfg.seed, two_step_frac=cfg.two_step_frac,
+                                        difficulty=difficulty)
+        sft_data = tasks.sft_corpus(train, cfg.premature_frac, cfg.seed)
     tasks.write_jsonl(out / "train.jsonl", train)
     tasks.write_jsonl(out / "test.jsonl", test)
 
@@ -286,7 +298,7 @@ def build(out_dir: Path | str, cfg: BuildConfig | None = None,
     model = build_model(tokenizer, cfg)
     log(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tokenizer)}")
 
-    losses = sft(model, tokenizer, tasks.sft_corpus(train, cfg.premature_frac, cfg.seed), cfg, log)
+    losses = sft(model, tokenizer, sft_data, cfg, log)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _portable_tokenizer_config(out / "tokenizer_config.json")
