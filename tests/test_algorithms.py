@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from verirl.config import ADVANTAGES, POLICY_LOSSES
+from verirl.config import ADVANTAGES, POLICY_LOSSES, load_config
 from verirl.optim import lr_multiplier
 from verirl.trainer import Trainer, sync_reference
 
@@ -97,6 +97,35 @@ def test_kl_k3_plus_with_a_reference(char_model, problems_file, tmp_path):
     record = one_step(make_config(char_model, problems_file, tmp_path, "algo.beta=0.1", "algo.kl_estimator=k3+",
                                   "algo.ppo_epochs=2"))
     _finite(record, "policy/kl")
+
+
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_format_overlong_penalty_arrives_through_a_training_step(tmp_path, overlap):
+    """DAPO's soft overlong punishment (the `format` verifier) in a real step of the shipped
+    tiny model: the trainer hands each completion its token count and max_new_tokens, and
+    the `format` reward it logs is R_length of the completions' actual lengths. Both scoring
+    paths: in the background as completions finish, and after the rollout."""
+    config = load_config(None, [
+        "model.name_or_path=builtin:tiny-arith", "data.train=builtin:tiny-arith/train.jsonl", "data.eval=null",
+        "rewards=[{verifier: format, require: none, overlong_buffer: 30}]", f"rollout.overlap_rewards={overlap}",
+        "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=40", "algo.beta=0",
+        f"train.output_dir={tmp_path}", "train.progress=false", "train.show_samples_every=0", "train.seed=0",
+    ])
+    trainer = Trainer(config)
+    rollouts = []
+    sample_and_score = trainer.rollout
+    trainer.rollout = lambda: rollouts.append(sample_and_score()) or rollouts[-1]  # keep what the step used
+    try:
+        record = trainer.train_step()
+    finally:
+        trainer.close()
+    lengths = [int(n) for n in rollouts[0].batch.completion_mask.sum(dim=1)]  # tokens of each completion, EOS included
+    # L_max = max_new_tokens = 40, L_cache = 30: R = 0 for n ≤ 10, (10 − n)/30 for 10 < n ≤ 40
+    expected = [0.0 if n <= 10 else (10 - n) / 30 for n in lengths]
+    assert [row["format"] for row in rollouts[0].rewards.scores] == pytest.approx(expected)
+    assert record["reward/format"] == pytest.approx(sum(expected) / len(expected))
+    assert record["reward/mean"] == pytest.approx(sum(expected) / len(expected))
+    assert len({r for r in expected if -1.0 < r < 0.0}) > 1, lengths  # completions at several points of the ramp
 
 
 # --------------------------------------------------------------------------- reference sync

@@ -154,6 +154,46 @@ def test_passk_by_hand_only_the_best_learns() -> None:
     assert unscaled == pytest.approx([0, 2, 0, 0])
 
 
+def test_opo_by_hand_length_weighted_baseline() -> None:
+    # veRL's opo: b = Σ|o_j| R_j / Σ|o_j|. Rewards (1, 0, 1), lengths (1, 3, 2):
+    # b = (1·1 + 3·0 + 2·1) / 6 = 0.5 (the plain group mean would be 2/3) → Â = (0.5, −0.5, 0.5)
+    got = _run("opo", [1, 0, 1], _mask([1, 3, 2], 3), 3)
+    _assert_rows(got, [[0.5, 0, 0], [-0.5, -0.5, -0.5], [0.5, 0.5, 0]])
+
+
+def test_gpg_by_hand_scaled_by_the_nonzero_share() -> None:
+    # veRL's gpg (f_norm = 1): α = N / #{R ≠ 0} over the whole batch = 4 / 2 = 2;
+    # group (1, 0): mean 0.5 → 2·(±0.5) = (1, −1); group (0.5, 0): mean 0.25 → 2·(±0.25) = (0.5, −0.5)
+    got = _run("gpg", [1, 0, 0.5, 0], torch.ones(4, 1), 2)[:, 0].tolist()
+    assert got == pytest.approx([1.0, -1.0, 0.5, -0.5])
+
+
+def test_reinforce_plus_plus_by_hand_discounted_then_whitened() -> None:
+    # veRL's reinforce_plus_plus, γ = 0.5: R on the last token, returns G_t = γ^(|o|−1−t) R.
+    # Row 0: R = 2 over 2 tokens → (0.5·2, 2) = (1, 2); row 1: R = 1 over 1 token → (1).
+    # Whitened over the 3 valid tokens: mean 4/3, var (1/9 + 4/9 + 1/9)/(3 − 1) = 1/3 (+1e−8),
+    # so Â = (G − 4/3)·√3: (−1/√3, 2/√3), (−1/√3)
+    got = _run("reinforce_plus_plus", [2, 1], _mask([2, 1], 2), 2, gamma=0.5)
+    r = 1 / math.sqrt(1 / 3 + 1e-8)
+    _assert_rows(got, [[-r / 3, 2 * r / 3], [-r / 3, 0]])
+
+
+def test_reinforce_plus_plus_baseline_by_hand_whitened_over_tokens() -> None:
+    # veRL's reinforce_plus_plus_baseline: rewards (1, 0), lengths (1, 3): R − mean = (0.5, −0.5) on
+    # each token → tokens (0.5 | −0.5, −0.5, −0.5), mean −0.25, var (0.75² + 3·0.25²)/3 = 0.25: std 0.5.
+    # Whitened: (0.75/0.5 | −0.25/0.5 ×3) = (1.5 | −0.5, −0.5, −0.5): the token mean weighs the long row.
+    got = _run("reinforce_plus_plus_baseline", [1, 0], _mask([1, 3], 3), 2)
+    s = math.sqrt(0.25 + 1e-8)
+    _assert_rows(got, [[0.75 / s, 0, 0], [-0.25 / s, -0.25 / s, -0.25 / s]])
+
+
+def test_remax_by_hand_greedy_baseline() -> None:
+    # veRL's remax: Â = R − R(greedy of the same prompt) on every token.
+    # Prompt 1: rewards (1, 0), greedy 1 → (0, −1); prompt 2: rewards (1, 1), greedy 0 → (1, 1)
+    got = _run("remax", [1, 0, 1, 1], _mask([2, 1, 1, 2], 2), 2, baseline=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    _assert_rows(got, [[0, 0], [-1, 0], [1, 0], [1, 1]])
+
+
 def test_remax_and_process_need_their_inputs() -> None:
     with pytest.raises(ValueError, match="remax advantage needs baseline"):
         _run("remax", [1, 0], torch.ones(2, 1), 2)

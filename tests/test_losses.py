@@ -134,6 +134,68 @@ def test_kl_estimators_are_unbiased_or_close_in_expectation() -> None:
     assert kl_k3(logp, ref).var() < kl_k1(logp, ref).var()
 
 
+def _kl_by_hand(name: str, logp: list[float], ref: list[float], old: list[float]) -> tuple[list[float], list[float]]:
+    """The estimator ``name`` on literal log-probs: its values and d(value)/d(log π_θ), token by token."""
+    lp = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+    kl = get_kl_estimator(name)(lp, torch.tensor(ref, dtype=torch.float64), torch.tensor(old, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(kl.sum(), lp)
+    return kl.tolist(), grad.tolist()
+
+
+def test_verl_low_var_kl_by_hand_clamps_value_and_gradient() -> None:
+    # x = log π_ref − log π_θ. Token 0: x = −2 − (−1) = −1: e^−1 + 1 − 1 = 0.367879 (< 10: k3 itself),
+    # d/dlog π_θ = 1 − e^x = 0.632121. Token 1: x = −1 − (−4) = 3: e^3 − 4 = 16.085537 > 10 → 10,
+    # gradient 0 (k3: 16.085537, gradient 1 − e^3 = −19.085537). Token 2: x = 0 − (−800) = 800: k3
+    # overflows to inf, x is clamped to 20 first → 10, gradient 0.
+    logp, ref = [-1.0, -4.0, -800.0], [-2.0, -1.0, 0.0]
+    value, grad = _kl_by_hand("low_var_kl", logp, ref, logp)
+    assert value == pytest.approx([math.exp(-1), 10.0, 10.0]) and grad == pytest.approx([1 - math.exp(-1), 0.0, 0.0])
+    value, grad = _kl_by_hand("k3", logp[:2], ref[:2], logp[:2])
+    assert value == pytest.approx([math.exp(-1), math.exp(3) - 4]) and grad == pytest.approx([1 - math.exp(-1),
+                                                                                              1 - math.exp(3)])
+
+
+def test_k3_plus_by_hand_importance_weighted() -> None:
+    # π_θ = 0.5, π_old = 0.25, π_ref = 0.25: ρ = 2, x = ln(0.25/0.5) = −ln 2,
+    # k3 = 0.5 + ln 2 − 1 = 0.193147, k3+ = ρ·k3 = 2 ln 2 − 1 = 0.386294 (TRL's use_bias_correction_kl: the same).
+    # Gradient ρ (log π_θ − log π_ref) = 2 ln 2 = 1.386294 (veRL's k3+ would give k3's value with k2's
+    # gradient, log π_θ − log π_ref = ln 2). On-policy (π_old = π_θ) the value is k3's.
+    value, grad = _kl_by_hand("k3+", [math.log(0.5)], [math.log(0.25)], [math.log(0.25)])
+    assert value == pytest.approx([2 * math.log(2) - 1]) and grad == pytest.approx([2 * math.log(2)])
+    value, _ = _kl_by_hand("k3+", [math.log(0.5)], [math.log(0.25)], [math.log(0.5)])
+    assert value == pytest.approx([math.log(2) - 0.5])
+
+
+def test_k3_plus_gradient_is_the_kl_gradient_by_enumeration() -> None:
+    """On a 4-token vocabulary, E_{a∼π_old}[k3+(a)] and its gradient w.r.t. the logits θ of π_θ,
+    summed exactly over a, equal KL(π_θ ‖ π_ref) = E_{π_θ}[k1] and ∇_θ KL; plain k3 has the right
+    value on-policy but not the right gradient, and off-policy neither."""
+    theta = torch.tensor([0.3, -0.2, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64).log()
+    old = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).log()
+
+    logp = torch.log_softmax(theta, dim=0)
+    true_kl = (logp.exp() * kl_k1(logp, ref)).sum()  # Σ_a π_θ(a) (log π_θ(a) − log π_ref(a))
+    (true_grad,) = torch.autograd.grad(true_kl, theta)
+
+    def expected(name: str, sampler: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        """Σ_a π_s(a) · estimate(a) for tokens drawn from π_s (π_θ itself when None), and its gradient."""
+        lp = torch.log_softmax(theta, dim=0)
+        behaviour = lp.detach() if sampler is None else sampler
+        value = (behaviour.exp() * get_kl_estimator(name)(lp, ref, behaviour)).sum()
+        return value.item(), torch.autograd.grad(value, theta)[0]
+
+    for sampler in (old, None):  # off-policy (π_old ≠ π_θ) and on-policy
+        value, grad = expected("k3+", sampler)
+        assert value == pytest.approx(true_kl.item(), rel=1e-12)
+        torch.testing.assert_close(grad, true_grad, rtol=1e-10, atol=1e-12)
+    on_value, on_grad = expected("k3", None)
+    assert on_value == pytest.approx(true_kl.item(), rel=1e-12)  # k3 is unbiased in value on-policy ...
+    assert (on_grad - true_grad).abs().max() > 0.01  # ... but its gradient is not the KL's
+    off_value, _ = expected("k3", old)
+    assert abs(off_value - true_kl.item()) > 0.01
+
+
 # --------------------------------------------------------------------------- clipped policy loss
 
 

@@ -281,6 +281,95 @@ def test_verl_sapo_gate_by_hand() -> None:
     assert per_token[0, 1].item() == pytest.approx(4 / (1 + math.exp(-1.0)) / 2.0)
 
 
+def _by_hand(name: str, logp: list[list[float]], log_ratio: list[list[float]], adv: list[list[float]],
+             lengths: list[int], **params: float):
+    """``(per_token, stats, logp)`` of the loss ``name`` on literal numbers (``old = logp − log ρ``),
+    ``logp`` a leaf with the gradient of ``per_token.sum()``."""
+    lp = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+    old = lp.detach() - torch.tensor(log_ratio, dtype=torch.float64)
+    per_token, stats = get_policy_loss(name)(lp, old, torch.tensor(adv, dtype=torch.float64),
+                                             _mask(lengths, lp.shape[1]), PolicyLossParams(**params))
+    per_token.sum().backward(retain_graph=True)
+    return per_token, stats, lp
+
+
+def _near(got: torch.Tensor, want: list[list[float]]) -> None:
+    torch.testing.assert_close(got.detach(), torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+def test_verl_gspo_by_hand_one_clipped_ratio_per_sequence() -> None:
+    # s_i = exp(mean_t log ρ), ε = 0.2 on s. Row 0: log ρ (0.2, 0.4) → s = e^0.3 = 1.34986 > 1.2, Â = 1:
+    # clipped, −1.2 on both tokens, no gradient. Row 1: same s, Â = −1: the unclipped −sÂ = 1.34986 is the
+    # larger loss, gradient −Â·s = 1.34986 per token. Row 2: log ρ (0.5, −0.5) → s = 1, Â = 2: −2, gradient
+    # −2 per token (token-level clipping would have clipped its first token, ρ = e^0.5 = 1.65).
+    s = math.exp(0.3)
+    per_token, stats, lp = _by_hand("gspo", [[-1.0, -2.0]] * 3, [[0.2, 0.4], [0.2, 0.4], [0.5, -0.5]],
+                                    [[1, 1], [-1, -1], [2, 2]], [2, 2, 2])
+    _near(per_token, [[-1.2, -1.2], [s, s], [-2.0, -2.0]])
+    _near(lp.grad, [[0.0, 0.0], [s, s], [-2.0, -2.0]])
+    assert stats["clip_frac"].item() == pytest.approx(2 / 6)
+    # veRL aggregates GSPO with seq-mean-token-mean whatever its loss_agg_mode: (−1.2 + 1.34986 − 2)/3
+    assert aggregate_loss(per_token, torch.ones(3, 2)).item() == pytest.approx((-1.2 + s - 2.0) / 3)
+
+
+def test_verl_geo_mean_by_hand_sequence_losses_averaged() -> None:
+    # GMPO, ε = 0.4 in log space. Row A: log ρ (0.5, −0.5, 0), Â = −1, sgn −1 keeps the larger of l and
+    # clip(l): (0.5, −0.4, 0), mean 0.1/3 → L_A = −(−1)·e^(1/30) = 1.033895. Row B: log ρ 0.1, Â = 2:
+    # L_B = −2·e^0.1 = −2.210342. Row C: Â = 0, L_C = 0. veRL's geo_mean is the mean over sequences,
+    # (L_A + L_B + 0)/3 = our seq-mean-token-mean of L_i put on each token.
+    la, lb = math.exp(1 / 30), -2 * math.exp(0.1)
+    per_token, stats, lp = _by_hand("gmpo", [[-1.0, -1.0, -1.0]] * 3, [[0.5, -0.5, 0.0], [0.1, 0, 0], [0.3, -0.2, 0]],
+                                    [[-1, -1, -1], [2, 0, 0], [0, 0, 0]], [3, 1, 2], eps_low=0.4, eps_high=0.4)
+    _near(per_token, [[la] * 3, [lb, 0, 0], [0, 0, 0]])
+    mask = _mask([3, 1, 2], 3)
+    loss = aggregate_loss(per_token, mask)
+    assert loss.item() == pytest.approx((la + lb) / 3)
+    (grad,) = torch.autograd.grad(loss, lp)
+    # dL_A/dl_t = −Â·e^(mean l̃)/3 where l̃_t = l_t (tokens 0 and 2), 0 where clipped;
+    # dL_B/dl = −2e^0.1; then /3 rows
+    _near(grad, [[la / 9, 0, la / 9], [lb / 3, 0, 0], [0, 0, 0]])
+    # ours: the one token whose clipped log-ratio is used, of 6 (veRL's pg_clipfrac_lower counts every Â < 0
+    # token outside the range, 2 of 6); the Â = 0 row counts as nothing
+    assert stats["clip_frac"].item() == pytest.approx(1 / 6)
+
+
+def test_verl_clip_cov_by_hand_cuts_the_one_token_in_the_band() -> None:
+    # log π (−1, −2, −3, −2), Â (2, 1, −1, −2): mean Â 0, mean log π −2,
+    # cov = Â·(log π + 2) = (2, 0, 1, 0).
+    # veRL's band (1, 5) holds token 0 alone (cov 1 is not > 1); cov_frac 0.25 → k = max(1, ⌊0.25·4⌋) = 1.
+    # On-policy (ρ = 1): token 0 cut to 0 with no gradient, the rest −Â = (−1, 1, 2), gradient −Â.
+    logp, adv = [[-1.0, -2.0, -3.0, -2.0]], [[2, 1, -1, -2]]
+    per_token, stats, lp = _by_hand("clip_cov", logp, [[0.0] * 4], adv, [4], cov_frac=0.25)
+    _near(per_token, [[0.0, -1.0, 1.0, 2.0]])
+    _near(lp.grad, [[0.0, -1.0, 1.0, 2.0]])
+    assert stats["cov_clip_frac"].item() == pytest.approx(1 / 4)  # veRL's pg_clipfrac
+    # token 0 at ρ = e^0.5 = 1.65 > 1.2 with Â > 0 is clipped (−1.2·2 = −2.4) and so leaves the band: no cut
+    per_token, stats, _ = _by_hand("clip_cov", logp, [[0.5, 0, 0, 0]], adv, [4], cov_frac=0.25)
+    _near(per_token, [[-2.4, -1.0, 1.0, 2.0]])
+    assert stats["cov_clip_frac"].item() == 0.0 and stats["clip_frac"].item() == pytest.approx(1 / 4)
+
+
+def test_verl_kl_cov_by_hand_penalises_the_top_covariances() -> None:
+    # The same covariances (2, 0, 1, 0); cov_frac 0.5 → k = 2: tokens 0 and 2 get + 1·|log ρ|.
+    # log ρ (0.1, 0.2, −0.3, 0): −ρÂ = (−2e^0.1, −e^0.2, e^−0.3, 2), so
+    # ℓ = (−2.210342 + 0.1, −1.221403, 0.740818 + 0.3, 2); gradient −ρÂ + sign(log ρ) on the two picked
+    per_token, stats, lp = _by_hand("kl_cov", [[-1.0, -2.0, -3.0, -2.0]], [[0.1, 0.2, -0.3, 0.0]],
+                                    [[2, 1, -1, -2]], [4], cov_frac=0.5, kl_cov_coef=1.0)
+    e1, e2, e3 = math.exp(0.1), math.exp(0.2), math.exp(-0.3)
+    _near(per_token, [[-2 * e1 + 0.1, -e2, e3 + 0.3, 2.0]])
+    _near(lp.grad, [[-2 * e1 + 1, -e2, e3 - 1, 2.0]])
+    assert stats["kl_cov_frac"].item() == pytest.approx(0.5)
+
+
+def test_verl_gpg_loss_by_hand_ignores_the_ratio() -> None:
+    # ℓ = −Â log π: log π (ln 0.5, ln 0.25), Â (2, −1) → (2 ln 2, −2 ln 2) = (1.386294, −1.386294),
+    # gradient −Â = (−2, 1), whatever π_old (log ρ 3 and −2 here)
+    per_token, stats, lp = _by_hand("gpg", [[math.log(0.5), math.log(0.25)]], [[3.0, -2.0]], [[2, -1]], [2])
+    _near(per_token, [[2 * math.log(2), -2 * math.log(2)]])
+    _near(lp.grad, [[-2.0, 1.0]])
+    assert stats["clip_frac"].item() == 0.0
+
+
 # --------------------------------------------------------------------------- filters
 
 

@@ -134,6 +134,8 @@ def kl_k3(logp: Tensor, ref_logp: Tensor, old_logp: Tensor | None = None) -> Ten
 
     Unbiased for KL(π_θ ‖ π_ref) and always ≥ 0. Computed as ``expm1(x) − x`` to keep
     precision when the two policies are close.
+    Convention: veRL's ``k3`` is clamped (the same function as its ``low_var_kl``); here
+    that is :func:`kl_low_var`, and ``k3`` is the unclamped formula (TRL's and DeepSeekMath's).
     """
     x = ref_logp - logp
     return torch.expm1(x) - x

@@ -192,6 +192,12 @@ def gspo_policy_loss(
     The paper's clip range is far narrower than PPO's (about 3e-4 / 4e-4).
 
     ``clip_frac``: tokens whose sequence ratio is clipped; ``seq_ratio_mean``: mean of ``s_i``.
+
+    Conventions: veRL's ``gspo`` always aggregates with ``seq-mean-token-mean``, whatever its
+    ``loss_agg_mode``; here ``algo.loss_agg`` applies (``seq-mean-token-sum`` is TRL's
+    ``luspo``). TRL's ``importance_sampling_level="sequence"`` takes the gradient through
+    ``s_i`` itself (one value per sequence) rather than GSPO-token's; with one advantage per
+    sequence and ``seq-mean-token-mean`` the two gradients are equal.
     """
     valid, log_ratio, adv, lp = _inputs(logp, old_logp, advantages, mask)
     seq_log_ratio = _seq_mean(log_ratio, valid).detach()
@@ -267,7 +273,8 @@ def clip_cov_policy_loss(
     elsewhere ``ℓ`` is the clipped surrogate. The selection is over the tokens of the call
     (one micro-batch), as in veRL.
 
-    ``cov_clip_frac``: the fraction of valid tokens so cut; ``clip_frac``: cut or clipped.
+    ``cov_clip_frac``: the fraction of valid tokens so cut (veRL's ``pg_clipfrac`` for this
+    loss); ``clip_frac``: cut or clipped.
     """
     per_token, stats = clipped_policy_loss(logp, old_logp, advantages, mask, params)
     valid, log_ratio, adv, lp = _inputs(logp, old_logp, advantages, mask)
@@ -327,7 +334,13 @@ def gmpo_policy_loss(
     ``L_i`` is put on each token of completion i, so ``seq-mean-token-mean`` gives
     ``(1/N) Σ_i L_i`` (veRL's ``geo_mean``). The clip range is in log space: the paper
     uses ε = 0.4, i.e. ratios within (e^−0.4, e^0.4).
-    ``clip_frac``: tokens where the clipped log-ratio is the one used.
+    ``clip_frac``: tokens with ``Â ≠ 0`` where the clipped log-ratio is the one used.
+
+    Conventions: veRL's ``geo_mean`` returns ``(1/N) Σ_i L_i`` whatever its
+    ``loss_agg_mode``; here ``algo.loss_agg`` applies, and only ``seq-mean-token-mean``
+    gives that mean (``token-mean`` weighs each ``L_i`` by ``|o_i|``). veRL's
+    ``pg_clipfrac`` / ``pg_clipfrac_lower`` count every token whose log-ratio lies outside
+    the range (split by the sign of Â), also where the min keeps the unclipped one.
     """
     valid, log_ratio, adv, _ = _inputs(logp, old_logp, advantages, mask)
     sgn = torch.sign(adv)
@@ -335,7 +348,8 @@ def gmpo_policy_loss(
     kept = sgn * torch.minimum(sgn * log_ratio, sgn * clamped)
     seq_loss = -_seq_mean(adv, valid) * torch.exp(_seq_mean(kept, valid))
     per_token = _zero_padding(seq_loss.unsqueeze(1).expand_as(log_ratio), valid)
-    stats = _ratio_stats(log_ratio, valid, valid & (kept != log_ratio))
+    # Â = 0 drops the token's log-ratio from the mean (sgn = 0): nothing is clipped there
+    stats = _ratio_stats(log_ratio, valid, valid & (sgn != 0) & (kept != log_ratio))
     return per_token, stats
 
 
