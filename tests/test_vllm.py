@@ -19,7 +19,8 @@ import torch
 from verirl.config import load_config
 from verirl.rollout.base import SamplingConfig
 from verirl.rollout.hf import HFEngine
-from verirl.rollout.vllm_engine import SUPPORTED, installed_vllm, supported_version_error, to_rollout_batch
+from verirl.rollout.vllm_engine import (SUPPORTED, installed_vllm, ipc_protocol, ipc_update_info,
+                                         supported_version_error, to_rollout_batch)
 from verirl.tiny import tasks, tiny_model_path
 from verirl.verifier import ConfigError
 
@@ -63,6 +64,52 @@ def test_supported_versions(version, ok):
     assert (error is None) == ok
     if not ok:
         assert f"vLLM {version} is installed" in error and f"vllm>={SUPPORTED[0]},<{SUPPORTED[1]}" in error
+
+
+# vLLM's IPC engine, release by release (read from each release's package: see
+# verirl.rollout.vllm_engine.IPCProtocol): the handle was reduce_tensor's (function,
+# arguments) pair up to 0.21.0 and the arguments alone from 0.22.0; an update became a
+# start / update / finish session in 0.21.0.
+@pytest.mark.parametrize("version, args_only, session", [
+    ("0.17.0", False, False), ("0.18.1", False, False), ("0.20.2", False, False),
+    ("0.21.0", False, True), ("0.21.1.dev3+gabc", False, True),
+    ("0.22.0", True, True), ("0.22.0rc1", True, True), ("0.25.1", True, True), ("0.34.0", True, True),
+])
+def test_ipc_protocol_follows_the_installed_release(version, args_only, session):
+    protocol = ipc_protocol(version)
+    assert (protocol.args_only, protocol.session) == (args_only, session)
+
+
+def _rebuild_cuda_tensor(*args):  # stands in for torch's: reduce_tensor's first element
+    return args
+
+
+@pytest.mark.parametrize("version, pair", [("0.17.0", True), ("0.21.0", True), ("0.22.0", False), ("0.34.0", False)])
+def test_ipc_handle_is_what_that_releases_worker_unpacks(version, pair):
+    """The handle goes through each release's own unpacking (ipc_engine.receive_weights):
+    ``func, args = handle`` before 0.22.0, the handle as the arguments from then on; either
+    way argument 6 is the device index the worker overwrites with its own."""
+    reduced = (_rebuild_cuda_tensor, tuple(f"arg{i}" for i in range(15)))
+    handle = ipc_protocol(version).handle(reduced)
+    if pair:
+        func, args = handle
+        assert func is _rebuild_cuda_tensor
+    else:
+        func, args = _rebuild_cuda_tensor, handle  # vLLM names rebuild_cuda_tensor itself
+    args = list(args)
+    assert args[6] == "arg6" and len(args) == 15
+    args[6] = 0
+    assert func(*args)[6] == 0
+
+
+def test_ipc_update_calls_by_release():
+    info = ipc_update_info(["w"], ["float32"], [[2, 3]], [{"GPU-uuid": ("handle",)}])
+    assert set(info) == {"names", "dtype_names", "shapes", "ipc_handles"}
+    update = ("update_weights", ({"update_info": info},))
+    assert ipc_protocol("0.20.2").calls(info) == [update]  # LLM.update_weights does the whole update
+    assert ipc_protocol("0.21.0").calls(info) == [("start_weight_update", ()), update, ("finish_weight_update", ())]
+    with pytest.raises(ValueError, match="one name, dtype, shape and handle per tensor"):
+        ipc_update_info(["w", "b"], ["float32"], [[2, 3]], [{}])
 
 
 @pytest.mark.parametrize("overrides, match", [

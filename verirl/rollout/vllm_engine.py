@@ -1,8 +1,12 @@
 """The vLLM engine: a ``vllm.LLM`` colocated with the trainer on its GPU.
 
-Written against the source of vLLM 0.17.0, 0.25.1 and 0.34.0 (the calls below exist
-in all three with the signatures used here); :data:`SUPPORTED` is the range accepted.
-What it does, and through which of vLLM's public calls:
+Written against the source of every vLLM release in :data:`SUPPORTED`, 0.17.0 to 0.34.0
+(:class:`IPCProtocol` lists them and the files read). The calls other than the weight
+transfer (``LLM.generate``, ``sleep(level=)``, ``wake_up(tags=)``, ``reset_prefix_cache()``,
+``apply_model``, ``init_weight_transfer_engine``, ``update_weights``; the
+``SamplingParams`` fields and engine arguments passed, ``external_launcher`` included)
+take the arguments used here in all of them; the weight transfer itself differs by
+release (:func:`ipc_protocol`). What it does, and through which of vLLM's public calls:
 
 - **Sampling**: ``LLM.generate`` on the prompts' token ids (our tokenizer, as the HF
   engine tokenizes them) with ``SamplingParams(n=G, ...)``, so vLLM schedules the G
@@ -21,22 +25,25 @@ What it does, and through which of vLLM's public calls:
 - **Weight sync after every optimizer step**, in memory, then ``LLM.reset_prefix_cache()``
   (the cached prompt prefixes were computed with the old weights):
 
-  - ``weight_transfer`` (vLLM ≥ 0.25.1): vLLM's weight-transfer engine with its IPC
-    backend (``WeightTransferConfig(backend="ipc")``). The trainer exports a CUDA IPC
-    handle of each tensor (``torch.multiprocessing.reductions.reduce_tensor``: no copy
-    on the worker's own GPU; a copy per other GPU under tensor parallelism), keyed by
-    GPU UUID as ``IPCWeightTransferUpdateInfo`` specifies, and drives the worker calls
-    ``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` through
-    ``LLM.collective_rpc``; each worker rebuilds the tensors from the handles and
-    passes them to its model's ``load_weights``. vLLM runs its engine in a child
-    process here, and its message channel carries the handles (tuples of torch types)
-    only as pickles, so this path sets ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` for the
-    engine this process starts (the channel is local to this process tree).
+  - ``weight_transfer`` (every supported vLLM: the IPC engine arrived in 0.17.0):
+    vLLM's weight-transfer engine with its IPC backend
+    (``WeightTransferConfig(backend="ipc")``). The trainer exports a CUDA IPC handle of
+    each tensor (``torch.multiprocessing.reductions.reduce_tensor``: no copy on the
+    worker's own GPU; a copy per other GPU under tensor parallelism), keyed by GPU UUID
+    as ``IPCWeightTransferUpdateInfo`` specifies, in the handle format and call sequence
+    of the installed release (:func:`ipc_protocol`: ``LLM.init_weight_transfer_engine``
+    once, then per sync ``LLM.update_weights`` alone before 0.21.0, or
+    ``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` from 0.21.0);
+    each worker rebuilds the tensors from the handles and passes them to its model's
+    ``load_weights``. vLLM runs its engine in a child process here, and its message
+    channel carries the handles (tuples of torch types) only as pickles, so this path
+    sets ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` for the engine this process starts (the
+    channel is local to this process tree).
   - ``load_weights`` (any supported version, TRL's colocate mode): the engine runs in
     this process (``distributed_executor_backend="external_launcher"``), and
     ``LLM.apply_model`` hands the trainer's tensors straight to the model's
     ``load_weights``. Tensor parallelism then needs one process per GPU (torchrun).
-  - ``auto``: ``weight_transfer`` where the installed vLLM has it, else ``load_weights``.
+  - ``auto``: ``weight_transfer`` (which every supported vLLM has).
 
 - **Tensor parallelism**: ``tensor_parallel_size`` is vLLM's own.
 
@@ -48,7 +55,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -57,10 +65,15 @@ from verirl.verifier import ConfigError
 
 log = logging.getLogger("verirl.rollout.vllm")
 
-#: vLLM versions accepted: [lowest, first refused)
+#: vLLM versions accepted: [lowest, first refused). 0.17.0 is the first release with the
+#: IPC weight-transfer engine; 0.34.0 the newest release read (see ipc_protocol)
 SUPPORTED = ("0.17.0", "0.35.0")
-#: the first version whose weight-transfer engine takes the IPC handles this module sends
-WEIGHT_TRANSFER_SINCE = "0.25.1"
+#: the first release whose weight update is a session: start_weight_update, one or more
+#: update_weights, finish_weight_update (before it, one update_weights call is the update)
+WEIGHT_UPDATE_SESSION_SINCE = "0.21.0"
+#: the first release whose IPC engine takes a handle as rebuild_cuda_tensor's arguments
+#: alone (before it, as the (rebuild function, arguments) pair reduce_tensor returns)
+IPC_ARGS_ONLY_SINCE = "0.22.0"
 SYNC_MODES = ("auto", "weight_transfer", "load_weights")
 
 
@@ -80,7 +93,7 @@ def installed_vllm() -> str | None:
         return None
 
 
-_SUPPORTED_TEXT = f"vLLM >= {SUPPORTED[0]} and < {SUPPORTED[1]} (built against 0.17.0, 0.25.1 and 0.34.0)"
+_SUPPORTED_TEXT = f"vLLM >= {SUPPORTED[0]} and < {SUPPORTED[1]} (read against every release 0.17.0 to 0.34.0)"
 
 
 def supported_version_error(version: str) -> str | None:
@@ -106,18 +119,72 @@ def check_vllm(weight_sync: str = "auto", tensor_parallel_size: int = 1) -> str:
     if tensor_parallel_size > torch.cuda.device_count():
         raise ConfigError(f"rollout.tensor_parallel_size={tensor_parallel_size} but {torch.cuda.device_count()} "
                           "CUDA device(s) are visible")
-    has_transfer = _version(version) >= _version(WEIGHT_TRANSFER_SINCE)
-    if weight_sync == "weight_transfer" and not has_transfer:
-        raise ConfigError(f"rollout.vllm_weight_sync=weight_transfer needs vLLM >= {WEIGHT_TRANSFER_SINCE} "
-                          f"(installed: {version}); use rollout.vllm_weight_sync=load_weights or auto")
-    mode = weight_sync if weight_sync != "auto" else ("weight_transfer" if has_transfer else "load_weights")
+    mode = "weight_transfer" if weight_sync == "auto" else weight_sync  # every supported vLLM has it
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if mode == "load_weights" and tensor_parallel_size > 1 and world % tensor_parallel_size:
         raise ConfigError(f"rollout.vllm_weight_sync=load_weights runs vLLM inside each training process, so "
                           f"rollout.tensor_parallel_size={tensor_parallel_size} needs that many processes (torchrun; "
-                          f"WORLD_SIZE={world}); use rollout.vllm_weight_sync=weight_transfer (vLLM >= "
-                          f"{WEIGHT_TRANSFER_SINCE}) for tensor parallelism from one process")
+                          f"WORLD_SIZE={world}); use rollout.vllm_weight_sync=weight_transfer for tensor "
+                          "parallelism from one process")
     return mode
+
+
+@dataclass(frozen=True)
+class IPCProtocol:
+    """How the installed vLLM's IPC weight-transfer engine takes an update.
+
+    Read from the ``vllm`` package of each release on PyPI, 0.17.0 to 0.34.0 (all of
+    0.17.0, 0.17.1, 0.18.0, 0.18.1, 0.19.0, 0.19.1, 0.20.0–0.20.2, 0.21.0, 0.22.0, 0.22.1,
+    0.23.0, 0.24.0, 0.25.0, 0.25.1, 0.26.0, 0.27.0, 0.27.1, 0.28.0–0.34.0): the files
+    ``distributed/weight_transfer/ipc_engine.py`` (``IPCWeightTransferUpdateInfo``,
+    ``IPCWeightTransferInitInfo``, ``receive_weights``) and ``base.py``
+    (``parse_init_info`` / ``parse_update_info`` build the dataclass from our dict),
+    ``v1/worker/gpu_worker.py`` (the worker's ``init_weight_transfer_engine``,
+    ``start_weight_update``, ``update_weights``, ``finish_weight_update``),
+    ``entrypoints/llm.py`` and, from 0.32.0, ``entrypoints/rl/offline.py`` (the ``LLM``
+    methods of the same names, each one ``collective_rpc`` to the workers),
+    ``config/weight_transfer.py`` (``WeightTransferConfig(backend="ipc")``, accepted
+    throughout) and ``v1/serial_utils.py`` (non-msgpack objects cross the engine's
+    channel only as pickles, under ``VLLM_ALLOW_INSECURE_SERIALIZATION``).
+    """
+
+    #: each handle is rebuild_cuda_tensor's argument tuple alone (>= 0.22.0: the worker
+    #: calls ``rebuild_cuda_tensor(*args)``), else reduce_tensor's whole (function,
+    #: arguments) pair (0.17.0–0.21.0: the worker unpacks ``func, args = handle``)
+    args_only: bool
+    #: an update is start_weight_update, update_weights, finish_weight_update
+    #: (>= 0.21.0); before, update_weights alone does the layerwise reload around the load
+    session: bool
+
+    def handle(self, reduced: tuple[Callable[..., Any], tuple]) -> tuple:
+        """The handle of one tensor as this release's worker unpacks it, from
+        ``reduce_tensor(tensor)`` (the pair of the rebuild function and its arguments)."""
+        return tuple(reduced[1]) if self.args_only else reduced
+
+    def calls(self, update_info: dict[str, Any]) -> list[tuple[str, tuple]]:
+        """The ``LLM`` methods, with their arguments, that load one update."""
+        update = ("update_weights", ({"update_info": update_info},))
+        return [("start_weight_update", ()), update, ("finish_weight_update", ())] if self.session else [update]
+
+
+def ipc_protocol(version: str) -> IPCProtocol:
+    """The IPC update protocol of vLLM ``version`` (a pre-release or local build counts as
+    the release it leads to)."""
+    v = _version(version)
+    return IPCProtocol(args_only=v >= _version(IPC_ARGS_ONLY_SINCE),
+                       session=v >= _version(WEIGHT_UPDATE_SESSION_SINCE))
+
+
+def ipc_update_info(names: list[str], dtype_names: list[str], shapes: list[list[int]],
+                    handles: list[dict[str, tuple]]) -> dict[str, Any]:
+    """The ``update_info`` dict vLLM's IPC engine builds its ``IPCWeightTransferUpdateInfo``
+    from: these four fields exist in every supported release, and the others it has
+    (``is_checkpoint_format``, ``packed``, ``tensor_sizes``, ``ipc_handles_pickled``,
+    ``update_kind``) default to a dense, unpacked, checkpoint-format update."""
+    if not (len(names) == len(dtype_names) == len(shapes) == len(handles)):
+        raise ValueError(f"one name, dtype, shape and handle per tensor: got {len(names)}, {len(dtype_names)}, "
+                         f"{len(shapes)}, {len(handles)}")
+    return {"names": names, "dtype_names": dtype_names, "shapes": shapes, "ipc_handles": handles}
 
 
 class VLLMEngine:
@@ -166,8 +233,10 @@ class VLLMEngine:
         self.llm = LLM(**kwargs)
         self.worker_gpus = [(torch.device("cuda", i), str(torch.cuda.get_device_properties(i).uuid))
                             for i in range(tensor_parallel_size)]
+        self.ipc = ipc_protocol(str(installed_vllm()))  # check_vllm found it installed
         if self.weight_sync == "weight_transfer":
-            self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": {}})
+            # the IPC engine needs no rendezvous; its init info has no required field
+            self.llm.init_weight_transfer_engine({"init_info": {}})
         self._asleep: set[str] = set()  # the memory tags vLLM holds asleep
         self._weights_lost = False  # a level-2 sleep discarded them and no sync has run since
         self.sync_weights()
@@ -206,11 +275,9 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def _transfer(self, weights: dict[str, torch.Tensor]) -> None:
-        """One IPC weight update (vLLM's ``IPCWeightTransferUpdateInfo`` layout)."""
-        from dataclasses import asdict
-
+        """One IPC weight update, in the installed release's handle format and calls
+        (:func:`ipc_protocol`)."""
         from torch.multiprocessing.reductions import reduce_tensor
-        from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferUpdateInfo
 
         names, dtype_names, shapes, handles, alive = [], [], [], [], []
         for name, tensor in weights.items():
@@ -218,17 +285,15 @@ class VLLMEngine:
             for device, uuid in self.worker_gpus:
                 shared = tensor.detach().to(device).contiguous()  # no copy on the trainer's own GPU
                 alive.append(shared)  # the handles do not keep the storage alive
-                per_gpu[uuid] = reduce_tensor(shared)[1]
+                per_gpu[uuid] = self.ipc.handle(reduce_tensor(shared))
             names.append(name)
             dtype_names.append(str(tensor.dtype).split(".")[-1])
             shapes.append(list(tensor.shape))
             handles.append(per_gpu)
-        info = IPCWeightTransferUpdateInfo(names=names, dtype_names=dtype_names, shapes=shapes, ipc_handles=handles)
         torch.cuda.synchronize()
-        self.llm.collective_rpc("start_weight_update")
-        self.llm.collective_rpc("update_weights", kwargs={"update_info": asdict(info)})
-        self.llm.collective_rpc("finish_weight_update")
-        del alive
+        for method, args in self.ipc.calls(ipc_update_info(names, dtype_names, shapes, handles)):
+            getattr(self.llm, method)(*args)
+        del alive  # only now: the workers have loaded (and, in a session, finished) the update
         torch.cuda.ipc_collect()
 
     # ------------------------------------------------------------------ sampling
