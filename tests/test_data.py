@@ -39,8 +39,12 @@ def test_math_gold_from_solution_when_no_answer_field():
 def test_malformed_rows_are_reported_with_their_index(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"question": "q", "answer": "x\n#### 3"}) + "\n" + "{not json\n")
-    with pytest.raises(ConfigError, match=r"d.jsonl:2: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"d.jsonl:2: not valid JSON .*; each line must be one JSON object: "
+                                          r"fix line 2 or delete it"):
         load_problems(str(path))
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match=r"^data.train: .*d.jsonl:1: a list, not a JSON object; .*fix line 1"):
+        load_problems(str(path), key="data.train")
     path.write_text(json.dumps({"question": "q", "answer": "x\n#### 3"}) + "\n" + json.dumps({"q": "no field"}) + "\n")
     with pytest.raises(ConfigError, match=r"row 1: no question field"):
         load_problems(str(path))
@@ -57,10 +61,10 @@ def test_column_mapping(tmp_path):
 
 
 def test_missing_file_and_builtin():
-    with pytest.raises(ConfigError, match="data file not found"):
+    with pytest.raises(ConfigError, match=r"^file not found: /nonexistent/x.jsonl; give a JSONL path, builtin:"):
         load_problems("/nonexistent/x.jsonl")
-    with pytest.raises(ConfigError, match="no such built-in asset"):
-        load_problems("builtin:nope/train.jsonl")
+    with pytest.raises(ConfigError, match=r"^data.eval: 'builtin:nope/train.jsonl': no such built-in asset"):
+        load_problems("builtin:nope/train.jsonl", key="data.eval")
 
 
 def test_prompt_template_and_chat_template(char_model):

@@ -139,16 +139,17 @@ KILL_POINTS = {
 
 
 def kill_plan(seed: int) -> list[tuple[str, str, int]]:
-    """Four seeded kills at increasing steps ≥ 3 (pruning starts at step 3): each phase
-    once in a random order, then one more random phase; a random point within each
-    (a phase's points drawn without repeats)."""
+    """One kill at every point of KILL_POINTS, in a seeded order, at seeded steps ≥ 3
+    (pruning starts at step 3) that never go back. A kill inside step s leaves checkpoint
+    s − 1 the newest, so the next kill may stop step s again; a kill inside step s's prune
+    leaves checkpoint s complete, so the next kill is at a later step."""
     rng = random.Random(seed)
-    phases = list(KILL_POINTS)
-    rng.shuffle(phases)
-    phases.append(rng.choice(list(KILL_POINTS)))
-    steps = sorted(rng.sample(range(3, KILL_STEPS + 1), len(phases)))
-    points = {phase: rng.sample(names, len(names)) for phase, names in KILL_POINTS.items()}
-    return [(phase, points[phase].pop(), step) for phase, step in zip(phases, steps)]
+    points = [(phase, point) for phase, names in KILL_POINTS.items() for point in names]
+    while True:
+        rng.shuffle(points)
+        steps = sorted(rng.choices(range(3, KILL_STEPS + 1), k=len(points)))
+        if all(later > step for (_, point), step, later in zip(points, steps, steps[1:]) if point == "prune"):
+            return [(phase, point, step) for (phase, point), step in zip(points, steps)]
 
 
 def kill_overrides(out: Path) -> list[str]:
@@ -179,7 +180,7 @@ def comparable(records: list[dict]) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_at_seeded_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
     plan = kill_plan(seed=13)
-    assert {phase for phase, _, _ in plan} == set(KILL_POINTS)
+    assert sorted(point for _, point, _ in plan) == sorted(p for names in KILL_POINTS.values() for p in names)
     reference = tmp_path / "reference"
     done = run_child(tmp_path / "unused", "none", kill_overrides(reference), False)
     assert done.wait(300) == 0, done.stderr.read().decode()[-3000:]
@@ -252,10 +253,15 @@ BAD_INPUT = {
     "wrong type": (["train.steps=ten"], "'train.steps' must be int", "got 'ten'"),
     "unknown verifier": (["rewards=[{verifier: math_anwser}]"], "unknown verifier 'math_anwser'", "math_answer"),
     "unknown verifier param": (["rewards=[{verifier: math_answer, timout: 2}]"], "timout", "timeout"),
-    "missing data file": (["data.train={tmp}/nope.jsonl"], "data file not found", "nope.jsonl"),
-    "empty data file": (["data.train={empty}"], "no rows", "empty.jsonl"),
-    "malformed JSONL line": (["data.train={malformed}"], "malformed.jsonl:2: not valid JSON", "column"),
-    "rows without an answer": (["data.train={no_answer}"], "no answer field", "set data.answer_field"),
+    **{f"missing {key} file": ([f"{key}={{tmp}}/nope.jsonl"], f"{key}: file not found: {{tmp}}/nope.jsonl",
+                                "give a JSONL path, builtin:NAME/FILE or hf:NAME")
+       for key in ("data.train", "data.eval")},
+    "empty data file": (["data.train={empty}"], "data.train: {empty}: no rows",
+                        "give a JSONL file with one problem per line"),
+    "malformed JSONL line": (["data.train={malformed}"], "data.train: {malformed}:2: not valid JSON",
+                             "each line must be one JSON object: fix line 2 or delete it"),
+    "rows without an answer": (["data.train={no_answer}"], "data.train: {no_answer} row 0: no answer field",
+                               "set data.answer_field"),
     "model path not found": (["model.name_or_path={tmp}/runs/x/checkpoints/step_000150"], "not found",
                              "give a model directory, a hub id, or builtin:tiny-arith"),
     "group_size < 2 for GRPO": (["rollout.group_size=1"], "group_size must be ≥ 2 for GRPO", "algo.name=ppo"),
@@ -284,8 +290,13 @@ def test_bad_input_fails_early_and_clearly(case, tmp_path, capsys, no_model_load
         "earlier": write(tmp_path / "earlier" / "metrics.jsonl", '{"step": 1}\n').parent,
     }
     out = tmp_path / "run"
-    for name, path in files.items():
-        overrides = [o.replace("{" + name + "}", str(path)) for o in overrides]
+
+    def fill(text: str) -> str:  # the {name} placeholders → this test's files
+        for name, path in files.items():
+            text = text.replace("{" + name + "}", str(path))
+        return text
+
+    overrides, problem, fix = [fill(o) for o in overrides], fill(problem), fill(fix)
     args = [f"train.output_dir={out}", *overrides]
     if case == "resume without a checkpoint":
         write(out / "metrics.jsonl", '{"step": 1}\n')  # killed before its first checkpoint

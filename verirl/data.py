@@ -22,17 +22,24 @@ from verirl.grading.extract import last_boxed
 from verirl.verifier import ConfigError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+SOURCE_FORMS = "give a JSONL path, builtin:NAME/FILE or hf:NAME[:CONFIG[:SPLIT]]"
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
 
 
-def resolve_path(name: str) -> str:
-    """``builtin:X`` → the shipped asset path ``verirl/assets/X``; anything else unchanged."""
+def _named(key: str | None, message: str) -> str:
+    """``message`` led by the config key or option that gave the data, where known."""
+    return f"{key}: {message}" if key else message
+
+
+def resolve_path(name: str, key: str | None = None) -> str:
+    """``builtin:X`` → the shipped asset path ``verirl/assets/X``; anything else unchanged.
+    ``key``: the config key or option that named it, for the error message."""
     if name.startswith("builtin:"):
         path = ASSETS / name[len("builtin:"):]
         if not path.exists():
             available = sorted(p.name for p in ASSETS.iterdir()) if ASSETS.exists() else []
-            raise ConfigError(f"{name!r}: no such built-in asset; available: {available}")
+            raise ConfigError(_named(key, f"{name!r}: no such built-in asset; available: {available}"))
         return str(path)
     return name
 
@@ -46,28 +53,32 @@ class Problem:
     row: dict[str, Any] = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSONL rows; a malformed line is an error naming the file and line number."""
+def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]:
+    """Read JSONL rows; a malformed line is an error naming the file, the line number and
+    ``key`` (the config key or option that named the file, where given)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"data file not found: {path}")
+        raise ConfigError(_named(key, f"file not found: {path}; {SOURCE_FORMS}"))
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            fix = f"each line must be one JSON object: fix line {lineno} or delete it"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise ConfigError(_named(key, f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                              f"{fix}")) from None
             if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                raise ConfigError(_named(key, f"{path}:{lineno}: a {type(row).__name__}, not a JSON object; {fix}"))
             rows.append(row)
     return rows
 
 
-def read_rows(source: str) -> list[dict[str, Any]]:
-    """Rows from a JSONL path, a ``builtin:`` asset, or ``hf:NAME[:CONFIG[:SPLIT]]``."""
+def read_rows(source: str, key: str | None = None) -> list[dict[str, Any]]:
+    """Rows from a JSONL path, a ``builtin:`` asset, or ``hf:NAME[:CONFIG[:SPLIT]]``
+    (``key``: the config key or option that named it, for error messages)."""
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         name = parts[0]
@@ -76,9 +87,9 @@ def read_rows(source: str) -> list[dict[str, Any]]:
         try:
             import datasets
         except ImportError:
-            raise ConfigError(f"{source!r} needs the `datasets` package: pip install datasets") from None
+            raise ConfigError(_named(key, f"{source!r} needs the `datasets` package: pip install datasets")) from None
         return [dict(r) for r in datasets.load_dataset(name, config, split=split)]
-    return read_jsonl(resolve_path(source))
+    return read_jsonl(resolve_path(source, key), key)
 
 
 def gold_answer(row: dict[str, Any], answer_text: str, fmt: str) -> str | None:
@@ -115,17 +126,20 @@ def load_problems(
     question_field: str | None = None,
     answer_field: str | None = None,
     field_hint: str = "data.{what}_field",
+    key: str | None = None,
 ) -> list[Problem]:
     """Load a dataset as Problems; a row without a usable question or answer is an error
     with its index. ``field_hint``: how the caller's user names a column (``{what}`` is
-    ``question`` or ``answer``): the config key by default, a command-line option in ``eval``."""
-    rows = read_rows(source)
+    ``question`` or ``answer``): the config key by default, a command-line option in ``eval``.
+    ``key``: the config key or option that gave ``source`` (``data.train``), leading every
+    error message."""
+    rows = read_rows(source, key)
     if not rows:
-        raise ConfigError(f"{source}: no rows; give a JSONL file with one problem per line "
-                          '(e.g. {"question": ..., "answer": ...})')
+        raise ConfigError(_named(key, f"{source}: no rows; give a JSONL file with one problem per line "
+                                      '(e.g. {"question": ..., "answer": ...})'))
     problems = []
     for index, row in enumerate(rows):
-        where = f"{source} row {index}"
+        where = _named(key, f"{source} row {index}")
         question = _pick(row, question_field, QUESTION_FIELDS, "question", where, field_hint)
         # prefer the short `answer` column for MATH, the worked solution otherwise
         answer_text = _pick(row, answer_field, ANSWER_FIELDS, "answer", where, field_hint)
