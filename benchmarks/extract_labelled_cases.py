@@ -122,6 +122,10 @@ def math_verify_rows(mirror: Mirror) -> tuple[list[dict], dict[str, int]]:
                 skipped["not_gold_pred_label"] += len(table.elts)
                 continue
             for elt in table.elts:
+                row_id = f"math_verify:{path}:{elt.lineno}"
+                same_line = [e for e in table.elts if e.lineno == elt.lineno]
+                if len(same_line) > 1:  # rows written on one line: #k, the k-th of them
+                    row_id += f"#{same_line.index(elt)}"
                 try:
                     cells = [ast.literal_eval(c) for c in elt.elts]  # type: ignore[attr-defined]
                 except ValueError:
@@ -133,7 +137,7 @@ def math_verify_rows(mirror: Mirror) -> tuple[list[dict], dict[str, int]]:
                     for key, val in opts.items():
                         options[key] = cells[names.index(val["param"])] if isinstance(val, dict) else val
                 rows.append({
-                    "id": f"math_verify:{path}:{elt.lineno}",
+                    "id": row_id,
                     "source": "math_verify", "file": path, "line": elt.lineno, "test": fn.name,
                     "gold": cells[gold_i], "prediction": cells[pred_i],
                     "expected": bool(cells[label_i]), "call": call, "options": options,

@@ -30,7 +30,7 @@ import json
 import logging
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,11 +52,29 @@ WARM_UP = [
 
 
 def load_rows(data: Path) -> list[dict]:
+    """Every labelled row of the sources, in order; their ids must be unique."""
     rows = []
     for name in SOURCES:
         with (data / f"{name}.jsonl").open(encoding="utf-8") as f:
             rows += [json.loads(line) for line in f]
+    repeated = sorted(k for k, n in Counter(r["id"] for r in rows).items() if n > 1)
+    if repeated:
+        raise ValueError(f"row ids in {data} must be unique; repeated: {repeated}")
     return rows
+
+
+def load_explained(data: Path) -> dict[str, dict[str, dict]]:
+    """``explained.json``: per preset, ``{row id: {"rule": ..., "why": ...}}`` (empty if absent)."""
+    path = data / "explained.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def unexplained(verdicts: list, rows: list[dict], explained: dict) -> tuple[list[str], list[str]]:
+    """The ids of the rows whose verdict differs from the label with no explanation
+    (misses), and of the explained rows whose verdict now agrees (stale explanations)."""
+    misses = [r["id"] for v, r in zip(verdicts, rows) if v != r["expected"] and r["id"] not in explained]
+    agreeing = {r["id"] for v, r in zip(verdicts, rows) if v == r["expected"]}
+    return misses, sorted(k for k in explained if k in agreeing)
 
 
 def run_math_answer(rows: list[dict], **params) -> tuple[list[bool | None], float]:
@@ -118,22 +136,21 @@ def _short(text: str, n: int = 90) -> str:
 
 
 def disagreements(name: str, verdicts: list, rows: list[dict], explained: dict) -> tuple[list[str], int]:
-    lines, misses = [], 0
+    lines = []
     by_rule: dict[str, int] = defaultdict(int)
     for v, r in zip(verdicts, rows):
         if v == r["expected"]:
             continue
         note = explained.get(r["id"])
         if note is None:
-            misses += 1
             why = "**miss**"
         else:
             by_rule[note["rule"]] += 1
             why = f"{note['rule']}: {note['why']}"
         lines.append(f"| `{r['id']}` | `{_short(r['gold'], 50)}` | `{_short(r['prediction'])}` | "
                      f"{r['expected']} | {v} | {why} |")
-    agreeing = {r["id"] for v, r in zip(verdicts, rows) if v == r["expected"]}
-    stale = sorted(k for k in explained if k in agreeing)  # explanations of rows that now agree
+    missed, stale = unexplained(verdicts, rows, explained)
+    misses = len(missed)
     head = [f"\n### {name}: {len(lines)} disagreements, {len(lines) - misses} explained by policy, {misses} misses\n",
             f"Agreement counting the explained rows as agreeing: "
             f"{(len(rows) - misses) / len(rows):.3f}.\n"]
@@ -154,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", nargs="+", default=["train", "eval"])
     args = ap.parse_args(argv)
     rows = load_rows(args.data)
-    explained_path = args.data / "explained.json"
-    explained = json.loads(explained_path.read_text()) if explained_path.exists() else {}
+    explained = load_explained(args.data)
     start = time.perf_counter()
     results = []
     for preset in args.presets:

@@ -87,3 +87,26 @@ def test_train_and_eval_the_tiny_model(tmp_path):
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["problems"] == 8 and 0.0 <= metrics["pass@1"] <= metrics["pass@4"] <= 1.0
     assert "maj@4" in metrics
+
+
+def test_eval_grades_with_the_chosen_preset(tmp_path):
+    """`verirl eval --grading`: gold answers moved by 1e-4 (7 -> 7.0001) are the model's
+    answers under the lenient `eval` preset (relative tolerance) and never under `train`
+    (a decimal is its exact value)."""
+    source = ROOT / "verirl" / "assets" / "tiny-arith" / "test.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:8]]
+    for row in rows:
+        solution, gold = row["answer"].rsplit("#### ", 1)
+        row["answer"] = f"{solution}#### {gold.strip()}.0001"
+    data = tmp_path / "moved.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    correct = {}
+    for grading in ("eval", "train"):
+        out = tmp_path / f"{grading}.jsonl"
+        result = verirl("eval", "--model", "builtin:tiny-arith", "--data", str(data), "--max-new-tokens", "48",
+                        "--no-progress", "--grading", grading, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1])["grading"] == grading
+        correct[grading] = [json.loads(line)["correct"][0] for line in out.read_text().splitlines()]
+    assert any(correct["eval"]), "the tiny model answers some of the first 8 test problems"
+    assert not any(correct["train"])

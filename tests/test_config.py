@@ -24,6 +24,8 @@ def test_overrides_are_typed():
     assert c.algo.beta == 0.0 and isinstance(c.algo.beta, float)
     assert c.optim.lr == 1e-5
     assert c.train.steps == 7 and c.data.eval is None and c.algo.scale == "none"
+    assert load_config(None, ["train.eval_verifier_params={preset: eval}"]).train.eval_verifier_params == {
+        "preset": "eval"}
 
 
 @pytest.mark.parametrize("override, match", [
@@ -34,6 +36,7 @@ def test_overrides_are_typed():
     ("algo.kl_estimator=k4", r"'algo.kl_estimator' must be one of \['k3', 'k1', 'k2', 'abs', 'low_var_kl', 'k3\+'\]"),
     ("algo.loss_agg=mean", r"must be one of"),
     ("train.resume=maybe", r"'train.resume' must be bool"),
+    ("train.eval_verifier_params=eval", r"'train.eval_verifier_params' must be a mapping"),
     ("rollout.group_size=1", r"group_size must be ≥ 2 for GRPO"),
     ("algo.minibatch_size=5", r"must divide prompts_per_step × group_size"),
     ("rewards=[]", r"non-empty list"),

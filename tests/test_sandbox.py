@@ -143,3 +143,18 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="memory_mb"):
         WorkerPool(work, memory_mb=1)
     assert WorkerPool(work, workers=0).num_workers == default_workers()
+
+
+def test_a_small_batch_starts_one_worker_and_a_large_one_grows_the_pool():
+    p = WorkerPool(work, workers=2, timeout_s=5, memory_mb=512)
+    try:
+        assert p.map(range(20)) == [2 * i for i in range(20)]
+        assert p.stats.workers_started == 1  # quick items: one worker did them all
+        # four items of 0.5 s, still queued 50 ms after the worker became ready: a second one
+        start = time.monotonic()
+        assert p.map([("sleep_for", 0.5)] * 4) == [0.5] * 4
+        assert p.stats.workers_started == 2
+        assert time.monotonic() - start < 1.9  # in parallel, not 2 s in a row
+    finally:
+        p.close()
+

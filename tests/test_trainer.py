@@ -126,6 +126,34 @@ def test_bad_verifier_fails_before_the_model_loads(problems_file, tmp_path):
         Trainer(config)
 
 
+def test_eval_verifier_params_choose_the_grading_preset(char_model, problems_file, tmp_path):
+    from verirl.verifier import Sample
+
+    moved = [Sample("q", "#### 7", "7.0001")]  # within math_answer's eval tolerance, not exact
+    for i, (params, reward) in enumerate((("{}", 0.0), ("{preset: eval}", 1.0))):
+        config = make_config(char_model, problems_file, tmp_path / f"run{i}", f"data.eval={problems_file}",
+                             f"train.eval_verifier_params={params}")
+        trainer = Trainer(config)
+        try:
+            assert trainer.eval_reward_fn(moved).rewards == [reward]
+        finally:
+            trainer.close()
+
+
+def test_bad_eval_verifier_params_fail_before_the_model_loads(problems_file, tmp_path):
+    from verirl import ConfigError
+
+    model = tmp_path / "model"  # looks like a model directory; loading it would fail
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    config = load_config(None, [f"model.name_or_path={model}", f"data.train={problems_file}",
+                                f"data.eval={problems_file}", "rewards=[{verifier: starts_with_digit}]",
+                                "train.eval_verifier_params={presett: eval}", f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"train.eval_verifier / eval_verifier_params: .*no param 'presett'"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_skipping_zero_advantage_completions_keeps_the_update(char_model, problems_file, tmp_path):
     """All-equal groups carry no gradient: leaving them out must give the same weights."""
     params = {}

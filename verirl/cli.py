@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out", default=None, help="write per-problem completions and correctness as JSONL")
+    ev.add_argument("--grading", default="train", choices=["train", "eval"],
+                    help="math_answer's grading preset: train (strict, the default, as in training) or eval "
+                         "(lenient: relative tolerance, units ignored, as published evaluations grade)")
 
     ab = sub.add_parser("ablate", help="run an ablation (arms × seeds) and write ablation.md and ablation.png")
     ab.add_argument("config", help="ablation YAML: base config, seeds, arms (see configs/ablation_tiny.yaml)")
@@ -279,7 +282,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from verirl.data import build_prompt, load_problems
     from verirl.evaluation import evaluate
     from verirl.models import check_model_source, load_causal_lm, load_tokenizer, pick_device
-    from verirl.rewards import RewardFunction, parse_rewards
+    from verirl.rewards import RewardFunction, RewardTerm
     from verirl.rollout import make_engine
 
     try:
@@ -313,7 +316,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         mininterval=0.5 if sys.stderr.isatty() else 30.0)
     start = time.perf_counter()
     try:
-        with RewardFunction(parse_rewards([{"verifier": "math_answer"}], source="eval")) as reward_fn:
+        with RewardFunction([RewardTerm("math_answer", params={"preset": args.grading})]) as reward_fn:
             extract = _answer_extractor()
             with torch.no_grad():
                 result = evaluate(engine, problems, prompts, lambda s: reward_fn(s).rewards, n=args.n,
@@ -328,6 +331,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for p, texts, flags in zip(problems, result.completions, result.correct):
                 fh.write(json.dumps({"question": p.question, "answer": p.answer, "completions": texts, "correct": flags}) + "\n")
     metrics = {"problems": len(problems), "n": args.n, "temperature": temperature, "max_new_tokens": max_new_tokens,
+               "grading": args.grading,
                **result.metrics, "seconds": round(time.perf_counter() - start, 2)}
     print(json.dumps(metrics))
     return 0

@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate (works anywhere); vllm: GPU
+    engine: Literal["hf", "vllm"] = "hf"  # hf: samples on the trainer's own model with rollout.hf_decoder (works anywhere); vllm: a colocated vLLM engine (CUDA GPU)
     prompts_per_step: int = 8  # B: prompts sampled per training step
     group_size: int = 8  # G: completions per prompt
     max_new_tokens: int = 64  # generation limit per completion
@@ -165,6 +165,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept
     eval_every: int = 25  # eval/accuracy every N steps, starting at step 0 (0: off)
     eval_verifier: str = "math_answer"  # verifier that decides eval correctness (score > 0.5)
+    eval_verifier_params: dict[str, Any] = field(default_factory=dict)  # its params, e.g. {preset: eval}: math_answer's lenient grading, as published evaluations grade
     eval_greedy: bool = True  # greedy eval; else sampled at rollout temperature
     eval_batch_size: int = 64  # problems per eval generate() call
     log_samples: int = 2  # completions written to samples.jsonl per step
@@ -247,6 +248,10 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, list):
             return value
         raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+    if origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"config key {key!r} must be a mapping, e.g. {{name: value}}, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

@@ -18,6 +18,12 @@ is typically the trainer, which holds torch threads and must not be forked. Item
 sent to a worker in chunks (one message per chunk, one message back per item); the
 deadline of an item counts from when the previous result of the same worker arrived
 (or from when the chunk was sent), so the bound is per item, not per chunk.
+
+Start-up is what a small batch pays: the first worker waits for the forkserver, a new
+interpreter that imports the ``preload`` modules (sympy for ``math_answer``: 0.3 s on a
+quiet core, up to a second on a busy one), and every worker forks from it with them
+imported. A batch starts one worker, and more only when work is still queued
+``GROW_AFTER_S`` after the last one became ready, so a small batch is done by one.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_MEMORY_MB = 3072
+# a batch waits this long on the workers it has before starting more: a small batch
+# (sympy pairs take about a millisecond each) is done by one worker, and a large one
+# grows the pool after 50 ms
+GROW_AFTER_S = 0.05
 _CAUSE_LIMIT = 500  # characters of an exception message kept in a Failure's cause
 
 
@@ -185,12 +195,14 @@ class WorkerPool(Generic[T, R]):
         chunk_size: items sent to a worker at once; ``None`` picks one from the batch size.
         start_timeout_s: how long a new worker may take to import ``fn`` and report ready.
         preload: modules the forkserver imports once, so that new workers (including
-            replacements for killed ones) start without importing them again. Only
-            effective if the forkserver has not started yet in this process.
+            replacements for killed ones) start without importing them again (this
+            module is always among them). Only effective if the forkserver has not
+            started yet in this process.
 
-    Workers start lazily on the first ``map``, are reused across calls and are killed
-    by :meth:`close`, on context exit, or at interpreter exit. ``map`` may be called from
-    several threads; calls run one at a time.
+    Workers start lazily on the first ``map``, one at first and more while work stays
+    queued (``GROW_AFTER_S``), up to ``workers``; they are reused across calls and are
+    killed by :meth:`close`, on context exit, or at interpreter exit. ``map`` may be
+    called from several threads; calls run one at a time.
     """
 
     def __init__(
@@ -228,7 +240,8 @@ class WorkerPool(Generic[T, R]):
         self.start_timeout_s = float(start_timeout_s)
         self.stats = PoolStats()
         self._ctx = multiprocessing.get_context(context)
-        self._preload = list(preload)
+        self._preload = [__name__, *preload]
+        self._grow_at = 0.0  # monotonic time from which a map may start more workers
         self._workers: dict[int, _Worker] = {}  # keyed by id(conn)
         self._lock = threading.Lock()
         self._closed = False
@@ -307,11 +320,15 @@ class WorkerPool(Generic[T, R]):
     def _map(self, items: list[T]) -> list[R | Failure]:
         batch = _Batch(items, self._chunk(len(items)))
         self.stats.items += len(items)
+        # the workers this pool already has get GROW_AFTER_S before more are started
+        self._grow_at = time.monotonic() + GROW_AFTER_S if self._workers else 0.0
         while batch.remaining:
             self._dispatch(batch)
             if not self._workers:
                 raise RuntimeError("WorkerPool has work queued but no worker could be started")
             next_deadline = min(w.deadline for w in self._workers.values())
+            if self._may_grow(batch):
+                next_deadline = min(next_deadline, self._grow_at)
             ready_conns = wait([w.conn for w in self._workers.values()],
                                timeout=max(0.0, next_deadline - time.monotonic()))
             for conn in ready_conns:
@@ -343,10 +360,20 @@ class WorkerPool(Generic[T, R]):
                 continue
             worker.pending.extend(range(start, start + count))
             worker.deadline = time.monotonic() + self.timeout_s
-        starting = sum(1 for w in self._workers.values() if not w.ready)
-        while batch.queue and len(self._workers) < self.num_workers and starting < len(batch.queue):
-            self._start_worker()
-            starting += 1
+        if not self._may_grow(batch):
+            return
+        if not self._workers:
+            self._start_worker()  # one first: a small batch needs no more
+        elif time.monotonic() >= self._grow_at:
+            # work still queued GROW_AFTER_S after the last worker became ready: a large
+            # batch (or a worker was lost), so as many as there are chunks and room for
+            for _ in range(min(len(batch.queue), self.num_workers - len(self._workers))):
+                self._start_worker()
+
+    def _may_grow(self, batch: "_Batch") -> bool:
+        """Work is queued, there is room for a worker, and none is starting."""
+        return (bool(batch.queue) and len(self._workers) < self.num_workers
+                and all(w.ready for w in self._workers.values()))
 
     def _fail(self, batch: "_Batch", index: int, failure: Failure) -> None:
         if batch.finish(index, failure):
@@ -405,6 +432,7 @@ class WorkerPool(Generic[T, R]):
             if tag == "ready":
                 worker.ready = True
                 worker.deadline = math.inf
+                self._grow_at = time.monotonic() + GROW_AFTER_S
                 continue
             if worker.pending and worker.pending[0] == index:
                 worker.pending.popleft()

@@ -57,7 +57,7 @@ from verirl.overlap import OverlappedScoring
 from verirl.policy_losses import PolicyLossParams, grpo_loss, token_filter_weights
 from verirl.ppo import PPO
 from verirl.report import sample_table
-from verirl.rewards import RewardBatch, RewardFunction, parse_rewards
+from verirl.rewards import RewardBatch, RewardFunction, RewardTerm, parse_rewards
 from verirl.rollout import engine_options, make_engine
 from verirl.rollout.base import RolloutBatch, SamplingConfig, concat_batches, select_rows, trim_padding
 from verirl.rundir import clear_run, prepare_run_dir
@@ -133,17 +133,20 @@ class Trainer:
         seed_everything(c.train.seed)
 
         d = c.data
-        self.train_problems = load_problems(d.train, d.format, d.question_field, d.answer_field)
+        self.train_problems = load_problems(d.train, d.format, d.question_field, d.answer_field, key="data.train")
         self.eval_problems = (
-            load_problems(d.eval, d.format, d.question_field, d.answer_field) if d.eval else []
+            load_problems(d.eval, d.format, d.question_field, d.answer_field, key="data.eval") if d.eval else []
         )
         if d.max_eval and len(self.eval_problems) > d.max_eval:
             self.eval_problems = self.eval_problems[: d.max_eval]
         self.reward_fn = RewardFunction(parse_rewards(c.rewards), outcome_step=c.algo.outcome_step)
-        self.eval_reward_fn = (
-            RewardFunction(parse_rewards([{"verifier": c.train.eval_verifier}], source="train.eval_verifier"))
-            if self.eval_problems else None
-        )
+        self.eval_reward_fn = None
+        if self.eval_problems:  # one term, weight 1: a problem is solved when its score is > 0.5
+            term = RewardTerm(c.train.eval_verifier, params=dict(c.train.eval_verifier_params))
+            try:
+                self.eval_reward_fn = RewardFunction([term])
+            except ConfigError as exc:
+                raise ConfigError(f"train.eval_verifier / eval_verifier_params: {exc}") from None
         self.stream = ProblemStream(self.train_problems, c.train.seed, d.shuffle)
 
         source = str(checkpoint) if checkpoint else c.model.name_or_path

@@ -25,7 +25,8 @@ from verirl.grading.policy import MAX_CHARS, PRESETS, Policy
 
 log = logging.getLogger(__name__)
 
-ENGINE_MODULES = ("verirl.grading.parse", "verirl.grading.equiv")  # what the workers preload
+# what the sandbox's forkserver imports once, so that every worker forks with them
+ENGINE_MODULES = ("verirl.grading.parse", "verirl.grading.equiv", __name__)
 
 
 class GoldAnswerError(ValueError):
