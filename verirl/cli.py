@@ -144,15 +144,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config)
     first_step = trainer.step
+    main = trainer.dist.is_main  # under torchrun rank 0 alone prints
     try:
         trainer.train()
     except TrainingAborted as exc:
-        print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
+        if main:
+            print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         trainer.close()
-    print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
+    if main:
+        print(run_summary(config.train.output_dir, time.perf_counter() - start, first_step), file=sys.stderr)
     return 0
 
 

@@ -176,6 +176,7 @@ class TrainConfig:
     max_bad_updates: int = 10  # stop the run when more optimizer steps than this were skipped for a NaN/inf loss or gradient
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # torch CPU threads (0: torch's default)
+    parallel: Literal["none", "ddp", "fsdp2"] = "none"  # several processes under torchrun: ddp replicates the model, fsdp2 shards it (fully_shard per decoder layer); each rank samples prompts_per_step / WORLD_SIZE prompts
     progress: bool = True  # show a progress bar
     report_to: list[str] = field(default_factory=list)  # logging backends besides metrics.jsonl: tensorboard, wandb
     run_name: str | None = None  # the run's name in W&B (None: output_dir's folder name)
@@ -381,6 +382,7 @@ def validate(config: Config) -> None:
     _validate_rollout(config)
     _validate_optim_and_model(config)
     _validate_train(t)
+    _validate_parallel(config)
     if a.name == "ppo":
         _validate_ppo(config)
     from verirl.rewards import parse_rewards
@@ -501,6 +503,32 @@ def _validate_train(t: TrainConfig) -> None:
                               "(metrics.jsonl is always written)")
     if len(set(t.report_to)) != len(t.report_to):
         raise ConfigError(f"train.report_to names a backend twice: {t.report_to}")
+
+
+def _validate_parallel(config: Config) -> None:
+    """``train.parallel`` with what it cannot (yet) go with. The launch itself (torchrun's
+    environment, prompts_per_step over the world size) is checked when the trainer starts."""
+    from verirl.distributed import BATCH_STAT_ESTIMATORS
+
+    p, a, r = config.train.parallel, config.algo, config.rollout
+    if p == "none":
+        return
+    if r.engine == "vllm":
+        raise ConfigError(f"train.parallel={p} with rollout.engine=vllm is not supported yet (each rank's engine "
+                          "would need the gathered weights): use rollout.engine=hf, or train.parallel=none")
+    if a.drop_zero_std:
+        raise ConfigError(f"train.parallel={p} with algo.drop_zero_std=true is not supported yet (ranks would "
+                          "resample different numbers of rounds): set algo.drop_zero_std=false")
+    if a.advantage in BATCH_STAT_ESTIMATORS or (a.scale == "batch_std" and a.name == "grpo"):
+        key = f"algo.scale={a.scale}" if a.scale == "batch_std" else f"algo.advantage={a.advantage}"
+        raise ConfigError(f"train.parallel={p} with {key} is not supported yet: its statistics span the whole "
+                          "batch, which no rank holds; use grpo, dr_grpo, rloo, opo, gpg, grpo_passk or remax")
+    if p == "fsdp2" and a.name == "ppo":
+        raise ConfigError("train.parallel=fsdp2 with algo.name=ppo is not supported yet: use train.parallel=ddp "
+                          "for PPO (the critic is wrapped in DDP with the policy)")
+    if p == "fsdp2" and config.model.lora_rank:
+        raise ConfigError("train.parallel=fsdp2 with model.lora_rank is not supported: use train.parallel=ddp "
+                          "for LoRA (the frozen base replicates cheaply)")
 
 
 def _validate_ppo(config: Config) -> None:

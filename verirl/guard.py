@@ -41,7 +41,7 @@ def guard_step(param_groups: Sequence[Iterable[torch.Tensor]], max_grad_norm: fl
     groups = [[p for p in params] for params in param_groups]
     limit = max_grad_norm if max_grad_norm > 0 else math.inf
     # clip_grad_norm_ returns the norm before clipping; with an infinite limit it only measures
-    norms = [float(torch.nn.utils.clip_grad_norm_(params, limit)) for params in groups]
+    norms = [_as_float(torch.nn.utils.clip_grad_norm_(params, limit)) for params in groups]
     bad_losses = [float(x) for x in losses if not math.isfinite(float(x))]
     if bad_losses or not all(math.isfinite(n) for n in norms):
         reason = (f"non-finite loss {bad_losses[0]}" if bad_losses
@@ -54,3 +54,9 @@ def guard_step(param_groups: Sequence[Iterable[torch.Tensor]], max_grad_norm: fl
     for step in steps:
         step()
     return GuardedStep(True, norms)
+
+
+def _as_float(norm: torch.Tensor) -> float:
+    """The norm as a float; sharded parameters (FSDP2) give a DTensor, made whole first."""
+    full_tensor = getattr(norm, "full_tensor", None)
+    return float(full_tensor() if full_tensor is not None else norm)

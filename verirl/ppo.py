@@ -19,6 +19,7 @@ the updated critic: that is ``π_old ← π_θ``, ``V_old ← V_φ``.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from verirl import advantages as adv_fns
-from verirl import losses
+from verirl import distributed, losses
 from verirl.batching import chunks, minibatches
 from verirl.critic import Critic, SharedValueHead, build_critic
 from verirl.guard import guard_step
@@ -241,6 +242,15 @@ def policy_forward(policy: Any, critic: Critic, part: RolloutBatch, temperature:
     return logits, values
 
 
+def _policy_critic_forward(policy: Any, critic: Critic, prompt_ids: Tensor, prompt_mask: Tensor,
+                           completion_ids: Tensor, completion_mask: Tensor, temperature: float,
+                           share_prompts: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`policy_forward` on plain tensors: the forward that DDP wraps, policy and
+    critic in one module, so both are reduced in one backward."""
+    part = RolloutBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, None, [], None)
+    return policy_forward(policy, critic, part, temperature, share_prompts)
+
+
 # --------------------------------------------------------------------------- the PPO step
 
 
@@ -252,8 +262,10 @@ class PPO:
     """
 
     def __init__(self, config: Any, policy: Any, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, checkpoint: Path | None = None):
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, checkpoint: Path | None = None,
+                 dist: distributed.Dist | None = None):
         self.config = config
+        self.dist = dist or distributed.Dist()
         a, m = config.algo, config.model
         self.policy = policy
         self.optimizer = optimizer
@@ -267,6 +279,12 @@ class PPO:
         self.critic_optimizer, self.critic_scheduler = build_optimizer(self.critic.parameters(), a.critic_lr, config)
         self.loss_params = PolicyLossParams.from_fields(a)
         self.kl_ctl = make_kl_controller(a.beta_r, a.target_kl, a.kl_horizon)
+        # the update's forward: policy and critic together, in DDP over several ranks
+        self.forward: Any = functools.partial(_policy_critic_forward, policy, self.critic)
+        if self.dist.parallel == "ddp":
+            device = next(policy.parameters()).device
+            self.forward = distributed.wrap_ddp(distributed.CallModule(_policy_critic_forward, policy, self.critic),
+                                                device)
 
     # ---------------------------------------------------------------- state
 
@@ -346,6 +364,8 @@ class PPO:
         token_rewards, advantages, returns = ppo_advantages(
             scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam
         )
+        if self.dist.enabled:  # whitened over the valid tokens of all ranks' rollouts
+            advantages = self._whiten_global(returns - old_values, mask)
         raw_adv = returns - old_values  # A_t before whitening, for the logs
         with torch.no_grad():
             valid = mask.bool()
@@ -365,6 +385,8 @@ class PPO:
                 kl_seq = float(log_ratio.sum(-1).mean())
                 per_token_kl = losses.get_kl_estimator(a.kl_estimator)(old_logp, ref_logp, old_logp)
                 rollout_stats["policy/kl"] = float(adv_fns.masked_mean(per_token_kl, valid))
+            if self.dist.enabled:  # β_r must move the same way on every rank: the global mean
+                kl_seq = self.dist.sum([kl_seq])[0] / self.dist.world_size
             rollout_stats["ppo/kl_seq"] = kl_seq
 
         # 4. K epochs × shuffled minibatches
@@ -377,6 +399,18 @@ class PPO:
             self.kl_ctl.update(kl_seq, mask.shape[0])
         return stats
 
+    def _whiten_global(self, raw: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+        """:func:`verirl.advantages.masked_whiten` with the mean and sample variance of the
+        valid tokens of every rank (sums all-reduced)."""
+        valid = mask.bool()
+        x = torch.where(valid, raw.double(), torch.zeros((), dtype=torch.float64, device=raw.device))
+        total, count = self.dist.sum([float(x.sum()), float(valid.sum())])
+        mean = total / max(count, 1.0)
+        sq = torch.where(valid, (x - mean) ** 2, torch.zeros((), dtype=torch.float64, device=raw.device))
+        var = self.dist.sum([float(sq.sum())])[0] / max(count - 1.0, 1.0)
+        whitened = ((raw.float() - mean) * (var + eps) ** -0.5).float()
+        return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=raw.device))
+
     def update(self, batch: RolloutBatch, old_logp: Tensor | None, old_values: Tensor, advantages: Tensor,
                returns: Tensor, loss_mask: Tensor | None = None) -> dict[str, float]:
         """K = ``algo.ppo_epochs`` passes of shuffled minibatches of :func:`ppo_loss`, AdamW
@@ -388,7 +422,7 @@ class PPO:
         c = self.config
         a, o = c.algo, c.optim
         N = batch.completion_ids.shape[0]
-        minibatch = a.minibatch_size or N
+        minibatch = a.minibatch_size // self.dist.world_size or N
         micro = a.micro_batch_size or minibatch
         loss_mask = batch.completion_mask if loss_mask is None else loss_mask
         acc = UpdateStats()
@@ -400,40 +434,28 @@ class PPO:
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             self.critic_optimizer.zero_grad(set_to_none=True)
-            scale = LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            # the counts of the global minibatch (every rank holds its share of it)
+            scale = self.dist.global_scale(LossScale.of(loss_mask[mb], c.rollout.max_new_tokens))
             mb_losses = []
-            for rows in chunks(mb, micro):
+            runs = distributed.micro_batches(self.dist, chunks(mb, micro))
+            for k, (rows, weight) in enumerate(runs):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=old_values.device)
                 T = part.completion_mask.shape[1]  # trimmed: completion column t keeps its index t
                 m = loss_mask[idx, :T]
-                logits, values = policy_forward(self.policy, self.critic, part, c.rollout.temperature,
-                                                share_prompts=c.model.share_prompt_forward)
-                logp = losses.token_logprobs(logits, part.completion_ids)
-                # The entropy bonus needs the entropy's gradient only when c2 > 0.
-                if a.ent_coef > 0:
-                    entropy = losses.entropy_from_logits(logits)
-                else:
-                    with torch.no_grad():
-                        entropy = losses.entropy_from_logits(logits.detach())
-                old = logp.detach() if old_logp is None else old_logp[idx, :T]
-                adv = advantages[idx, :T]
-                weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
-                                                             a.top_entropy_quantile, part.logprobs, a.rollout_is,
-                                                             a.rollout_is_cap)
-                loss, stats = ppo_loss(
-                    logp, old, adv, values, old_values[idx, :T], returns[idx, :T], entropy, m,
-                    policy_loss=a.policy_loss, params=self.loss_params, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
-                    vf_clip=a.vf_clip, loss_agg=a.loss_agg, scale=scale, token_weights=weights,
-                )
-                loss.backward()
-                stats["loss"] = loss.detach()
-                mb_losses.append(stats["loss"])
-                acc.add({**stats, **filter_stats})
+                with distributed.sync_on_last(self.forward, k == len(runs) - 1):
+                    loss, stats, filter_stats = self._micro_batch_loss(part, idx, m, old_logp, old_values,
+                                                                       advantages, returns, scale)
+                    # DDP averages the ranks' gradients: × world size gives the global batch's
+                    (loss * (weight * self.dist.grad_factor)).backward()
+                if weight:
+                    mb_losses.append(stats["loss"])
+                    acc.add({**stats, **filter_stats})
+            mb_total = self.dist.sum([float(sum(mb_losses))])  # all ranks skip a step, or none
             # clip each, then both optimizers and schedules, unless the loss or a gradient is NaN/inf
             done = guard_step([policy_params, critic_params], o.max_grad_norm,
                               [self.optimizer.step, self.scheduler.step,
-                               self.critic_optimizer.step, self.critic_scheduler.step], mb_losses)
+                               self.critic_optimizer.step, self.critic_scheduler.step], mb_total)
             if done.taken:
                 grad_norms.append(done.grad_norms[0])
                 critic_grad_norms.append(done.grad_norms[1])
@@ -447,3 +469,34 @@ class PPO:
         out["critic/lr"] = self.critic_scheduler.get_last_lr()[0]
         out["optim/skipped_updates"] = skipped
         return out
+
+    def _micro_batch_loss(self, part: RolloutBatch, idx: Tensor, m: Tensor, old_logp: Tensor | None,
+                          old_values: Tensor, advantages: Tensor, returns: Tensor,
+                          scale: LossScale) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """One micro-batch's PPO loss over the minibatch's ``scale``, its stats and the
+        token filters' stats."""
+        c = self.config
+        a = c.algo
+        T = m.shape[1]
+        logits, values = self.forward(part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                      part.completion_mask, c.rollout.temperature,
+                                      share_prompts=c.model.share_prompt_forward)
+        logp = losses.token_logprobs(logits, part.completion_ids)
+        # The entropy bonus needs the entropy's gradient only when c2 > 0.
+        if a.ent_coef > 0:
+            entropy = losses.entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = losses.entropy_from_logits(logits.detach())
+        old = logp.detach() if old_logp is None else old_logp[idx, :T]
+        adv = advantages[idx, :T]
+        weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
+                                                     a.top_entropy_quantile, part.logprobs, a.rollout_is,
+                                                     a.rollout_is_cap)
+        loss, stats = ppo_loss(
+            logp, old, adv, values, old_values[idx, :T], returns[idx, :T], entropy, m,
+            policy_loss=a.policy_loss, params=self.loss_params, vf_coef=a.vf_coef, ent_coef=a.ent_coef,
+            vf_clip=a.vf_clip, loss_agg=a.loss_agg, scale=scale, token_weights=weights,
+        )
+        stats["loss"] = loss.detach()
+        return loss, stats, filter_stats

@@ -19,7 +19,9 @@ critic's values, the clipped policy + value + entropy loss).
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -32,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from verirl import losses
+from verirl import distributed, losses
 from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator, steps_to_tokens
 from verirl.batching import chunks, minibatches, rows_to_run
 from verirl.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
@@ -122,6 +124,9 @@ class Trainer:
         c = config
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
+        # torchrun's ranks join the process group first (a bad launch fails before anything loads)
+        self.dist, device_name = distributed.setup(c.train.parallel, c.rollout.prompts_per_step,
+                                                   c.algo.minibatch_size, c.train.device)
         self.out = Path(c.train.output_dir)
         # the run directory, the model path and the logging backends are checked first, the
         # data and verifiers next: bad input fails before any model loads. Nothing is
@@ -129,7 +134,7 @@ class Trainer:
         checkpoint = prepare_run_dir(self.out, c.train.resume, c.train.overwrite)
         check_model_source(c.model.name_or_path)
         check_backends(c.train.report_to)
-        self.device = pick_device(c.train.device)
+        self.device = pick_device(device_name)
         seed_everything(c.train.seed)
 
         d = c.data
@@ -173,32 +178,51 @@ class Trainer:
             if checkpoint is not None and (checkpoint / "ref").exists():
                 ref_source = str(checkpoint / "ref")
             self.ref_model = frozen_copy(load_causal_lm(ref_source, c.model.dtype, self.device, c.model.trust_remote_code))
-        self.engine = make_engine(c.rollout.engine, self.model, self.tokenizer, **engine_options(c, source))
+        # Several processes: DDP wraps the update's forward (the policy's, or PPO's policy and
+        # critic together); FSDP2 shards the policy and keeps a whole copy, refreshed after
+        # every update, for sampling, eval and the no-gradient passes.
+        self.train_policy = None  # DDP around the update's forward, else None
+        self.rollout_model = None  # FSDP2: the whole-weights copy
+        if self.dist.parallel == "fsdp2":
+            self.rollout_model = frozen_copy(copy.deepcopy(self.model))
+            distributed.shard_fsdp2(self.model)
+        elif self.dist.parallel == "ddp" and c.algo.name != "ppo":
+            self.train_policy = distributed.wrap_ddp(distributed.CallModule(completion_logits, self.model),
+                                                     self.device)
+        self.infer_model = self.rollout_model if self.rollout_model is not None else self.model
+        self.engine = make_engine(c.rollout.engine, self.infer_model, self.tokenizer, **engine_options(c, source))
 
         self.optimizer, self.scheduler = build_optimizer(self.model.parameters(), c.optim.lr, c)
         self.estimator = c.algo.estimator()
         self.loss_params = PolicyLossParams.from_fields(c.algo)
         # PPO: the critic, its optimizer and the KL controller (a resumed run loads the critic here)
-        self.ppo = PPO(c, self.model, self.optimizer, self.scheduler, checkpoint) if c.algo.name == "ppo" else None
+        self.ppo = (PPO(c, self.model, self.optimizer, self.scheduler, checkpoint, self.dist)
+                    if c.algo.name == "ppo" else None)
         self.step = 0
         self.bad_updates = 0  # optimizer steps skipped for a NaN/inf loss or gradient, over the run
+        if self.dist.world_size > 1:  # the same weights everywhere, each rank its own samples
+            seed_everything(c.train.seed + self.dist.rank)
         if checkpoint is not None:
             self._restore(checkpoint)
 
-        # everything has loaded: the run starts writing
-        if c.train.overwrite:
-            clear_run(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(c, self.out / "config.yaml")
-        resume_step = self.step if checkpoint is not None else None
-        run = RunInfo(self.out, c.train.run_name or self.out.resolve().name, c.to_dict(), resume_step,
-                      c.train.wandb_project)
-        self.metrics = MetricsWriter(self.out, resume_step, make_backends(c.train.report_to, run))
+        # everything has loaded on every rank: rank 0 alone writes the run directory
+        self.dist.barrier()
+        self.metrics = None
         self.samples_path = self.out / "samples.jsonl"
-        if checkpoint is None:
-            self.samples_path.write_text("")
-        else:  # the killed run's samples after the checkpoint are redone, like its metrics
-            truncate_jsonl_after(self.samples_path, self.step)
+        if self.dist.is_main:
+            if c.train.overwrite:
+                clear_run(self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.out / "config.yaml")
+            resume_step = self.step if checkpoint is not None else None
+            run = RunInfo(self.out, c.train.run_name or self.out.resolve().name, c.to_dict(), resume_step,
+                          c.train.wandb_project)
+            self.metrics = MetricsWriter(self.out, resume_step, make_backends(c.train.report_to, run))
+            if checkpoint is None:
+                self.samples_path.write_text("")
+            else:  # the killed run's samples after the checkpoint are redone, like its metrics
+                truncate_jsonl_after(self.samples_path, self.step)
+        self.dist.barrier()
 
     # ------------------------------------------------------------------ loop
 
@@ -207,14 +231,15 @@ class Trainer:
         c = self.config.train
         records = []
         progress = None
-        if c.progress:
+        main = self.dist.is_main
+        if c.progress and main:
             from tqdm import tqdm
 
             # in a log file (no terminal) a redraw per step would be one line per step
             progress = tqdm(total=c.steps, initial=self.step, desc="verirl train", unit="step",
                             mininterval=0.5 if sys.stderr.isatty() else 30.0)
         try:
-            if self.step == 0 and c.eval_every and self.eval_problems:
+            if self.step == 0 and c.eval_every and self.eval_problems and main:
                 record = {"step": 0, **self.evaluate()}
                 self.metrics.write(0, record)
                 records.append(record)
@@ -222,15 +247,18 @@ class Trainer:
                 metrics = self.train_step()
                 self.step += 1
                 if self._count_bad_updates(metrics):
-                    self.metrics.write(self.step, metrics)
+                    if main:
+                        self.metrics.write(self.step, metrics)
                     raise TrainingAborted(
                         f"step {self.step}: {self.bad_updates} optimizer steps were skipped for a NaN/inf loss or "
                         f"gradient, more than train.max_bad_updates={c.max_bad_updates}; stopping. The weights were "
                         f"never touched by them; the last checkpoint is {latest_checkpoint(self.out)}"
                     )
-                if c.eval_every and self.eval_problems and (self.step % c.eval_every == 0 or self.step == c.steps):
+                if (c.eval_every and self.eval_problems and main
+                        and (self.step % c.eval_every == 0 or self.step == c.steps)):
                     metrics.update(self.evaluate())
-                self.metrics.write(self.step, metrics)
+                if main:
+                    self.metrics.write(self.step, metrics)
                 records.append({"step": self.step, **metrics})
                 if (c.save_every and self.step % c.save_every == 0) or self.step == c.steps:
                     self.save()
@@ -243,6 +271,7 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
+        self.dist.barrier()
         return records
 
     def _count_bad_updates(self, metrics: dict[str, Any]) -> bool:
@@ -259,10 +288,12 @@ class Trainer:
         return self.bad_updates > self.config.train.max_bad_updates
 
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.reward_fn.close()
         if self.eval_reward_fn is not None:
             self.eval_reward_fn.close()
+        self.dist.close()
 
     # ------------------------------------------------------------------ one step
 
@@ -281,9 +312,11 @@ class Trainer:
         else:
             stats, update_s = self._grpo_update(batch, rollout, rewards)
 
+        if self.rollout_model is not None:  # FSDP2: the whole updated weights for sampling
+            self.rollout_model.load_state_dict(distributed.full_state_dict(self.model))
         self.engine.sync_weights()  # the next rollout samples from the updated policy
         if c.algo.ref_reset_every and self.ref_model is not None and (self.step + 1) % c.algo.ref_reset_every == 0:
-            sync_reference(self.ref_model, self.model, c.algo.ref_mixup_alpha)
+            sync_reference(self.ref_model, self.infer_model, c.algo.ref_mixup_alpha)
 
         # 6. metrics
         N = mask.shape[0]
@@ -319,11 +352,13 @@ class Trainer:
         if rollout.baseline is not None:
             metrics["rollout/baseline_reward"] = sum(rollout.baseline) / len(rollout.baseline)
         if torch.cuda.is_available() and self.device.type == "cuda":
-            metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        self._log_samples(rollout)
-        every = c.train.show_samples_every
-        if every and c.train.show_samples and (self.step + 1) % every == 0:
-            self._show_samples(rollout)
+            metrics["mem/peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        metrics = distributed.reduce_metrics(self.dist, metrics, rollout.rewards.rewards)
+        if self.dist.is_main:
+            self._log_samples(rollout)
+            every = c.train.show_samples_every
+            if every and c.train.show_samples and (self.step + 1) % every == 0:
+                self._show_samples(rollout)
         return metrics
 
     def _grpo_update(self, batch: RolloutBatch, rollout: Rollout, rewards: torch.Tensor) -> tuple[dict[str, float], float]:
@@ -338,7 +373,7 @@ class Trainer:
         N = mask.shape[0]
         minibatch = c.algo.minibatch_size or N
         single_update = c.algo.ppo_epochs == 1 and minibatch == N
-        old_logp = None if single_update else self.logprobs(self.model, batch)
+        old_logp = None if single_update else self.logprobs(self.infer_model, batch)
         ref_logp = self.reference_logprobs(batch)
 
         # 5. μ epochs × minibatches
@@ -386,7 +421,8 @@ class Trainer:
         """Sample and score ``B`` groups; with ``drop_zero_std``, replace all-equal groups
         by groups of fresh prompts (at most ``max_resample_rounds`` extra rounds)."""
         c = self.config
-        B, G = c.rollout.prompts_per_step, c.rollout.group_size
+        # every rank takes the same prompts from its identically seeded stream and keeps its share
+        B, G = c.rollout.prompts_per_step // self.dist.world_size, c.rollout.group_size
         sampling = SamplingConfig(G, c.rollout.max_new_tokens, c.rollout.temperature, c.rollout.top_p)
         kept: list[tuple[RolloutBatch, Problem, list[Sample], RewardBatch, bool]] = []
         rollout_s = reward_s = overlap_s = 0.0
@@ -395,7 +431,7 @@ class Trainer:
         rounds = drawn = 0
         while True:
             need = B if not kept else B - sum(1 for k in kept if not k[4])
-            problems = self.stream.take(need)
+            problems = self.dist.share(self.stream.take(need * self.dist.world_size))
             prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in problems]
             # score completions in a background thread as the engine finishes them
             scoring = None
@@ -521,11 +557,14 @@ class Trainer:
         Each micro-batch's loss is divided by the counts of its whole minibatch
         (:class:`verirl.losses.LossScale`), so the accumulated gradient is that of one
         backward over the minibatch, however it is split and whichever rows are skipped.
+        Over several ranks those counts are the global minibatch's (each rank holds its
+        share of it) and the loss is multiplied by the world size, which DDP's and FSDP2's
+        averaging of the gradients divides back out.
         """
         c = self.config
         a = c.algo
         N = batch.completion_ids.shape[0]
-        minibatch = a.minibatch_size or N
+        minibatch = a.minibatch_size // self.dist.world_size or N
         micro = a.micro_batch_size or minibatch
         acc = UpdateStats()
         grad_norms = []
@@ -538,42 +577,32 @@ class Trainer:
         skipped = 0  # optimizer steps left out for a NaN/inf loss or gradient
         skip_zero = (a.skip_zero_advantage and minibatch == N and ref_logp is None and a.ent_coef == 0
                      and a.policy_loss not in BATCH_COUPLED_LOSSES and a.top_entropy_quantile == 1)
+        # FSDP2 gathers the parameters at every forward, so every rank must run as many: one
+        # forward per micro-batch (no shared-prompt pass, whose forward count depends on the rows)
+        share_prompts = c.model.share_prompt_forward and self.dist.parallel != "fsdp2"
+        forward = self.train_policy or functools.partial(completion_logits, self.model)
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            scale = losses.LossScale.of(loss_mask[mb], c.rollout.max_new_tokens)
+            scale = self.dist.global_scale(losses.LossScale.of(loss_mask[mb], c.rollout.max_new_tokens))
             mb_losses = []
-            for rows in chunks(rows_to_run(mb, carries_signal, skip_zero), micro):
+            runs = distributed.micro_batches(self.dist, chunks(rows_to_run(mb, carries_signal, skip_zero), micro))
+            for k, (rows, weight) in enumerate(runs):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=self.device)
                 T = part.completion_mask.shape[1]
                 m = loss_mask[idx, :T]
-                logits = completion_logits(self.model, part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                           part.completion_mask, c.rollout.temperature,
-                                           share_prompts=c.model.share_prompt_forward)
-                logp = losses.token_logprobs(logits, part.completion_ids)
-                old = logp.detach() if old_logp is None else old_logp[idx, :T]
-                adv = advantages[idx, :T]
-                entropy = _entropy(logits, with_grad=a.ent_coef > 0)
-                weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
-                                                             a.top_entropy_quantile, part.logprobs, a.rollout_is,
-                                                             a.rollout_is_cap)
-                loss, stats = grpo_loss(
-                    logp, old, None if ref_logp is None else ref_logp[idx, :T], adv, m,
-                    policy_loss=a.policy_loss, params=self.loss_params,
-                    beta=a.beta if ref_logp is not None else 0.0, kl_estimator=a.kl_estimator,
-                    loss_agg=a.loss_agg, scale=scale, token_weights=weights,
-                    entropy=entropy if a.ent_coef > 0 else None, ent_coef=a.ent_coef,
-                )
-                loss.backward()
-                with torch.no_grad():
-                    cm = part.completion_mask
-                    stats["entropy"] = (entropy.detach() * cm).sum() / cm.sum().clamp(min=1)
-                stats["loss"] = loss.detach()
-                mb_losses.append(stats["loss"])
-                acc.add({**stats, **filter_stats})
+                with distributed.sync_on_last(forward, k == len(runs) - 1):
+                    loss, stats, filter_stats = self._micro_batch_loss(
+                        forward, part, idx, m, advantages, old_logp, ref_logp, scale, share_prompts)
+                    (loss * (weight * self.dist.grad_factor)).backward()
+                if weight:
+                    mb_losses.append(stats["loss"])
+                    acc.add({**stats, **filter_stats})
+            # the minibatch's loss over all ranks: all skip the step, or none does
+            mb_total = self.dist.sum([float(sum(mb_losses))])
             # clip, then the optimizer and the LR schedule, unless the loss or a gradient is NaN/inf
             done = guard_step([self.model.parameters()], c.optim.max_grad_norm,
-                              [self.optimizer.step, self.scheduler.step], mb_losses)
+                              [self.optimizer.step, self.scheduler.step], mb_total)
             if done.taken:
                 grad_norms.append(done.grad_norms[0])
             skipped += not done.taken
@@ -586,6 +615,36 @@ class Trainer:
         if a.mask_truncated:
             out["filter/truncated_frac"] = 1.0 - float(batch.finished.float().mean())
         return out
+
+    def _micro_batch_loss(self, forward: Any, part: RolloutBatch, idx: torch.Tensor, m: torch.Tensor,
+                          advantages: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+                          scale: losses.LossScale, share_prompts: bool) -> tuple[torch.Tensor, dict, dict]:
+        """One micro-batch's GRPO loss (over the minibatch's ``scale``), its stats and the
+        token filters' stats."""
+        c = self.config
+        a = c.algo
+        T = m.shape[1]
+        logits = forward(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask,
+                         c.rollout.temperature, share_prompts=share_prompts)
+        logp = losses.token_logprobs(logits, part.completion_ids)
+        old = logp.detach() if old_logp is None else old_logp[idx, :T]
+        adv = advantages[idx, :T]
+        entropy = _entropy(logits, with_grad=a.ent_coef > 0)
+        weights, filter_stats = token_filter_weights(logp, old, adv, m, entropy, a.off_policy_mask_delta,
+                                                     a.top_entropy_quantile, part.logprobs, a.rollout_is,
+                                                     a.rollout_is_cap)
+        loss, stats = grpo_loss(
+            logp, old, None if ref_logp is None else ref_logp[idx, :T], adv, m,
+            policy_loss=a.policy_loss, params=self.loss_params,
+            beta=a.beta if ref_logp is not None else 0.0, kl_estimator=a.kl_estimator,
+            loss_agg=a.loss_agg, scale=scale, token_weights=weights,
+            entropy=entropy if a.ent_coef > 0 else None, ent_coef=a.ent_coef,
+        )
+        with torch.no_grad():
+            cm = part.completion_mask
+            stats["entropy"] = (entropy.detach() * cm).sum() / cm.sum().clamp(min=1)
+        stats["loss"] = loss.detach()
+        return loss, stats, filter_stats
 
     # ------------------------------------------------------------------ eval, checkpoints
 
@@ -601,14 +660,25 @@ class Trainer:
         return {"eval/accuracy": result.metrics["accuracy"], "perf/eval_s": time.perf_counter() - t0}
 
     def save(self) -> Path:
-        models = {"": self.model} if self.lora is None else {ADAPTER_DIR: self.lora}
+        """Write a checkpoint (every rank calls this; rank 0 writes). It is the
+        single-process format whatever the world size: the whole model and the plain
+        optimizer state (FSDP2's gathered by torch.distributed.checkpoint's state-dict
+        API), so it resumes on any number of processes."""
+        if self.rollout_model is not None:
+            models = {"": self.rollout_model}  # FSDP2: the whole weights, refreshed after every update
+            optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        else:
+            models = {"": self.model} if self.lora is None else {ADAPTER_DIR: self.lora}
+            optimizer_state = self.optimizer.state_dict()  # DDP: the same on every rank
         if self.ref_model is not None and self.config.algo.ref_reset_every:
             models["ref"] = self.ref_model
+        rngs = self.dist.gather(rng_state())
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_by_rank": rngs,
             "data": self.stream.state(),
             "bad_updates": self.bad_updates,
             "config": self.config.to_dict(),
@@ -616,12 +686,20 @@ class Trainer:
         if self.ppo is not None:
             models["critic"] = self.ppo.critic
             state["ppo"] = self.ppo.state_dict()
-        return save_checkpoint(self.out, self.step, models, self.tokenizer, state, self.config.train.keep_checkpoints)
+        path = self.out / "checkpoints" / f"step_{self.step:06d}"
+        if self.dist.is_main:
+            path = save_checkpoint(self.out, self.step, models, self.tokenizer, state,
+                                   self.config.train.keep_checkpoints)
+        self.dist.barrier()
+        return path
 
     def _restore(self, checkpoint: Path) -> None:
         state = load_state(checkpoint)
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.rollout_model is not None:
+            distributed.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.load_state(state["data"])
         self.bad_updates = int(state.get("bad_updates", 0))
@@ -630,7 +708,13 @@ class Trainer:
                 raise ConfigError(f"{checkpoint} holds no PPO state (critic optimizer, KL controller): "
                                   "it was written by a GRPO run; resume it with algo.name=grpo")
             self.ppo.load_state_dict(state["ppo"])
-        set_rng_state(state["rng"])
+        # each rank its own sampling RNG: as saved when the world size is the same, else
+        # rank 0 continues rank 0's stream and the others start fresh ones
+        by_rank = state.get("rng_by_rank") or [state["rng"]]
+        if self.dist.rank < len(by_rank):
+            set_rng_state(by_rank[self.dist.rank])
+        else:
+            seed_everything(self.config.train.seed + self.dist.rank + 7919 * self.step)
         log.info("resumed from %s (step %d)", checkpoint, self.step)
 
     def _show_samples(self, rollout: Rollout) -> None:
