@@ -295,14 +295,14 @@ def reduce_metrics(dist: Dist, metrics: dict[str, Any], rewards: Sequence[float]
     keys = list(dict.fromkeys(k for m, _ in gathered for k in m))
     for key in keys:
         values = [m[key] for m, _ in gathered if key in m and m[key] is not None]
-        if not values or not all(isinstance(v, (int, float)) for v in values) or len(set(values)) == 1:
-            out[key] = values[0] if values else None  # the same on every rank (lr, step counts)
+        if not values or not all(isinstance(v, (int, float)) for v in values):
+            out[key] = values[0] if values else None
         elif key in SUM_KEYS or key.startswith("verifier/") or key.endswith("_tok_s"):
             out[key] = sum(values)
         elif key.endswith("_max") or key.startswith(("perf/", "mem/")) or key == "optim/skipped_updates":
             out[key] = max(values)
-        else:
-            out[key] = sum(values) / len(values)
+        else:  # an int the same on every rank (a count of rounds) stays that int
+            out[key] = values[0] if len(set(values)) == 1 else sum(values) / len(values)
     every = [r for _, rs in gathered for r in rs]
     if every:
         mean = sum(every) / len(every)
