@@ -225,3 +225,49 @@ def test_rollout_is_weights_the_policy_gradient(trainers, algo, mode, micro):
                                                                            .mul(mask).max()), rel=1e-4)
     key = "policy/rollout_is_truncated_frac" if mode == "token_truncate" else "policy/rollout_is_masked_frac"
     assert 0 < stats[key] < 1
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+@pytest.mark.parametrize("budget", [1, 40, 10_000])
+def test_token_budget_packing_gives_the_unpacked_gradient(trainers, algo, budget):
+    """``algo.micro_batch_tokens`` only regroups the rows (longest first, within the
+    budget): the accumulated gradient is that of plain micro-batches of 5 rows."""
+    trainer, batch = trainers[algo]
+    a = trainer.config.algo
+    a.loss_agg, a.mask_truncated, a.skip_zero_advantage, a.rollout_is = "token-mean", False, True, "none"
+    mask = batch.completion_mask
+    adv = advantages_with_zero_rows(mask)
+    g = torch.Generator().manual_seed(10)
+    old_values, returns = torch.randn(mask.shape, generator=g) * mask, torch.randn(mask.shape, generator=g) * mask
+    modules = [trainer.model] + ([trainer.ppo.critic] if algo == "ppo" else [])
+
+    def accumulated(tokens: int, micro: int) -> list[torch.Tensor]:
+        a.micro_batch_tokens, a.micro_batch_size = tokens, micro
+        if algo == "grpo":
+            trainer.update(batch, adv, None, None, mask)
+        else:
+            trainer.ppo.update(batch, None, old_values, adv, returns, mask)
+        return [g for m in modules for g in grads(m)]
+
+    try:
+        packed, unpacked = accumulated(budget, 0), accumulated(0, 5)
+    finally:
+        a.micro_batch_tokens, a.micro_batch_size = 0, 0
+    assert_same(packed, unpacked)
+
+
+def test_pack_by_tokens_keeps_every_row_once_within_the_budget():
+    from verirl.batching import micro_batch_rows, pack_by_tokens
+
+    prompt_lens = [5, 5, 7, 5, 6, 5, 5, 9]
+    completion_lens = [3, 30, 12, 1, 29, 8, 60, 2]
+    rows = list(range(8))
+    packed = pack_by_tokens(rows, prompt_lens, completion_lens, 80)
+    assert sorted(r for mb in packed for r in mb) == rows
+    for mb in packed:
+        cost = len(mb) * (max(prompt_lens[i] for i in mb) + max(completion_lens[i] for i in mb))
+        assert cost <= 80 or len(mb) == 1
+    assert packed[0] == [6]  # 65 tokens: alone
+    assert [6] in pack_by_tokens(rows, prompt_lens, completion_lens, 10)  # over the budget: alone
+    assert all(len(mb) <= 2 for mb in micro_batch_rows(rows, 2, 80, prompt_lens, completion_lens))
+    assert micro_batch_rows(rows, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]

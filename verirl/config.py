@@ -121,6 +121,7 @@ class AlgoConfig:
     ppo_epochs: int = 1  # μ: passes over each rollout batch
     minibatch_size: int = 0  # completions per optimizer step (0: the whole batch)
     micro_batch_size: int = 0  # completions per forward/backward (gradient accumulation; 0: = minibatch)
+    micro_batch_tokens: int = 0  # token budget per forward/backward: completions packed, longest first, so rows × (longest prompt + completion) stays within it (0: off; micro_batch_size still caps the rows)
     skip_zero_advantage: bool = True  # with one minibatch and β = 0, leave all-zero-advantage completions out of the backward (same gradient, less work)
     ref_reset_every: int = 0  # reference sync every M steps: π_ref ← α·π_θ + (1−α)·π_ref (0: never)
     ref_mixup_alpha: float = 1.0  # α of the reference sync (1: hard reset, iterative GRPO; < 1: TR-DPO mix-up)
@@ -374,6 +375,8 @@ def validate(config: Config) -> None:
     micro = a.micro_batch_size or mb
     if micro > mb or mb % micro:
         raise ConfigError(f"algo.micro_batch_size ({micro}) must divide algo.minibatch_size ({mb})")
+    if a.micro_batch_tokens < 0:
+        raise ConfigError(f"algo.micro_batch_tokens must be ≥ 0 (0: off), got {a.micro_batch_tokens}")
     if not (0 <= a.eps_low <= 1) or a.eps_high < 0:
         raise ConfigError(f"algo.eps_low must be in [0, 1] and eps_high ≥ 0, got {a.eps_low}, {a.eps_high}")
     if a.beta < 0:

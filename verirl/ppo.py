@@ -29,7 +29,7 @@ from torch import Tensor
 
 from verirl import advantages as adv_fns
 from verirl import distributed, losses
-from verirl.batching import chunks, minibatches
+from verirl.batching import chunks, micro_batch_rows, minibatches
 from verirl.critic import Critic, SharedValueHead, build_critic
 from verirl.guard import guard_step
 from verirl.losses import LossScale
@@ -359,7 +359,7 @@ class PPO:
         # With one update per rollout and no KL term π_θ = π_old in the update, so (as in
         # GRPO) log π_old is the update's own log π_θ detached and needs no forward here.
         N = mask.shape[0]
-        single_update = a.ppo_epochs == 1 and (a.minibatch_size or N) == N
+        single_update = a.ppo_epochs == 1 and (a.minibatch_size // self.dist.world_size or N) == N
         old_logp, old_values = self.rollout_pass(batch, with_logp=ref_logp is not None or not single_update)
         token_rewards, advantages, returns = ppo_advantages(
             scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam
@@ -429,6 +429,7 @@ class PPO:
         grad_norms: list[float] = []
         critic_grad_norms: list[float] = []
         skipped = 0  # optimizer steps left out for a NaN/inf loss or gradient
+        prompt_lens, completion_lens = batch.prompt_mask.sum(-1).tolist(), batch.completion_mask.sum(-1).tolist()
         policy_params = [p for p in self.policy.parameters() if p.requires_grad]
         critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         for mb in minibatches(N, minibatch, a.ppo_epochs):
@@ -437,7 +438,8 @@ class PPO:
             # the counts of the global minibatch (every rank holds its share of it)
             scale = self.dist.global_scale(LossScale.of(loss_mask[mb], c.rollout.max_new_tokens))
             mb_losses = []
-            runs = distributed.micro_batches(self.dist, chunks(mb, micro))
+            runs = distributed.micro_batches(self.dist, micro_batch_rows(mb, micro, a.micro_batch_tokens, prompt_lens,
+                                                                         completion_lens))
             for k, (rows, weight) in enumerate(runs):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=old_values.device)

@@ -36,7 +36,7 @@ import torch
 
 from verirl import distributed, losses
 from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage_estimator, steps_to_tokens
-from verirl.batching import chunks, minibatches, rows_to_run
+from verirl.batching import chunks, micro_batch_rows, minibatches, rows_to_run
 from verirl.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
@@ -371,7 +371,7 @@ class Trainer:
         # 4. stored log-probs: π_old (trainer's recomputation) and π_ref
         update_start = time.perf_counter()
         N = mask.shape[0]
-        minibatch = c.algo.minibatch_size or N
+        minibatch = c.algo.minibatch_size // self.dist.world_size or N
         single_update = c.algo.ppo_epochs == 1 and minibatch == N
         old_logp = None if single_update else self.logprobs(self.infer_model, batch)
         ref_logp = self.reference_logprobs(batch)
@@ -581,11 +581,13 @@ class Trainer:
         # forward per micro-batch (no shared-prompt pass, whose forward count depends on the rows)
         share_prompts = c.model.share_prompt_forward and self.dist.parallel != "fsdp2"
         forward = self.train_policy or functools.partial(completion_logits, self.model)
+        prompt_lens, completion_lens = batch.prompt_mask.sum(-1).tolist(), batch.completion_mask.sum(-1).tolist()
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             scale = self.dist.global_scale(losses.LossScale.of(loss_mask[mb], c.rollout.max_new_tokens))
             mb_losses = []
-            runs = distributed.micro_batches(self.dist, chunks(rows_to_run(mb, carries_signal, skip_zero), micro))
+            runs = distributed.micro_batches(self.dist, micro_batch_rows(
+                rows_to_run(mb, carries_signal, skip_zero), micro, a.micro_batch_tokens, prompt_lens, completion_lens))
             for k, (rows, weight) in enumerate(runs):
                 part = trim_padding(select_rows(batch, rows))
                 idx = torch.as_tensor(rows, device=self.device)
