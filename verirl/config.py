@@ -29,6 +29,7 @@ log = logging.getLogger("verirl.config")
 class ModelConfig:
     name_or_path: str = "builtin:tiny-arith"  # HF hub id, local directory, or builtin:NAME
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
+    fp32_master_weights: bool = False  # with dtype bfloat16/float16: weights, gradients and AdamW state stay float32, the forward computes in dtype (torch.autocast; FSDP2's MixedPrecisionPolicy)
     trust_remote_code: bool = False  # passed to from_pretrained
     gradient_checkpointing: bool = False  # trade compute for activation memory
     share_prompt_forward: bool = True  # one forward per distinct prompt (rollout prefill, GRPO update); the group shares its KV cache
@@ -155,6 +156,7 @@ class OptimConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # learning rate after warm-up, over all optimizer steps of the run
     min_lr_ratio: float = 0.0  # linear / cosine: the final learning rate as a fraction of lr
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
+    fused: bool = True  # on CUDA, AdamW's fused kernel (else torch's default: foreach)
 
 
 @dataclass

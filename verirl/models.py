@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import json
 from pathlib import Path
@@ -35,6 +37,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return getattr(torch, dtype)
+
+
+def compute_autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """The context the forward passes of a mixed-precision run go under: ``torch.autocast``
+    to ``dtype`` on ``device``'s kind (float32 weights, low-precision matmuls); with
+    ``dtype`` None, nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:

@@ -42,13 +42,22 @@ def optimizer_steps(config: Any) -> int:
     return config.train.steps * config.algo.ppo_epochs * (n // (config.algo.minibatch_size or n))
 
 
+def adamw_kernel(params: list[torch.Tensor], fused: bool = True) -> dict[str, bool]:
+    """AdamW's implementation: the fused kernel (one launch for every parameter) when
+    ``fused`` and every parameter is a plain CUDA tensor; otherwise torch's default
+    (``foreach`` on accelerators, the per-parameter loop on CPU)."""
+    plain_cuda = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
+    return {"fused": True} if fused and plain_cuda else {}
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], lr: float, config: Any
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``params`` (those that require a gradient) and its schedule (``optim.*``)."""
     o = config.optim
-    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, betas=o.betas,
-                                  weight_decay=o.weight_decay)
+    params = [p for p in params if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay,
+                                  **adamw_kernel(params, o.fused))
     total = optimizer_steps(config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, o.warmup_steps, total, o.lr_schedule, o.min_lr_ratio)

@@ -19,6 +19,7 @@ the updated critic: that is ``π_old ← π_θ``, ``V_old ← V_φ``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -263,16 +264,18 @@ class PPO:
 
     def __init__(self, config: Any, policy: Any, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, checkpoint: Path | None = None,
-                 dist: distributed.Dist | None = None):
+                 dist: distributed.Dist | None = None, autocast: Any = contextlib.nullcontext):
         self.config = config
         self.dist = dist or distributed.Dist()
+        self.autocast = autocast  # the forwards' mixed-precision context (model.fp32_master_weights)
         a, m = config.algo, config.model
         self.policy = policy
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.critic = build_critic(
             a.critic, policy, a.critic_path or m.name_or_path, checkpoint,
-            dtype=m.dtype, trust_remote_code=m.trust_remote_code, gradient_checkpointing=m.gradient_checkpointing,
+            dtype="float32" if m.fp32_master_weights else m.dtype, trust_remote_code=m.trust_remote_code,
+            gradient_checkpointing=m.gradient_checkpointing,
         )
         # The critic's own optimizer: in shared mode it holds only the head (the trunk is
         # the policy's, trained by the policy optimizer with the value loss's gradient too).
@@ -323,12 +326,14 @@ class PPO:
             m = part.completion_mask
             pad = (0, width - m.shape[1])
             if with_logp or isinstance(self.critic, SharedValueHead):
-                logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature,
-                                           share_prompts=self.config.model.share_prompt_forward)
+                with self.autocast():
+                    logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature,
+                                               share_prompts=self.config.model.share_prompt_forward)
                 logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
             else:
-                v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m,
-                                                  share_prompts=self.config.model.share_prompt_forward)
+                with self.autocast():
+                    v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m,
+                                                      share_prompts=self.config.model.share_prompt_forward)
             values.append(torch.nn.functional.pad(v.float() * m, pad))
         self.policy.train(was[0])
         self.critic.train(was[1])
@@ -480,9 +485,10 @@ class PPO:
         c = self.config
         a = c.algo
         T = m.shape[1]
-        logits, values = self.forward(part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                      part.completion_mask, c.rollout.temperature,
-                                      share_prompts=c.model.share_prompt_forward)
+        with self.autocast():
+            logits, values = self.forward(part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                          part.completion_mask, c.rollout.temperature,
+                                          share_prompts=c.model.share_prompt_forward)
         logp = losses.token_logprobs(logits, part.completion_ids)
         # The entropy bonus needs the entropy's gradient only when c2 > 0.
         if a.ent_coef > 0:

@@ -47,8 +47,10 @@ from verirl.metrics import (MetricsWriter, RunInfo, UpdateStats, check_backends,
 from verirl.models import (
     ADAPTER_DIR,
     attach_lora,
+    DTYPES,
     check_model_source,
     completion_logits,
+    compute_autocast,
     frozen_copy,
     load_causal_lm,
     load_tokenizer,
@@ -157,8 +159,12 @@ class Trainer:
         source = str(checkpoint) if checkpoint else c.model.name_or_path
         self.tokenizer = load_tokenizer(source, c.model.trust_remote_code)
         m = c.model
+        # mixed precision: float32 weights (and so gradients and AdamW state), forwards in m.dtype
+        mixed = m.fp32_master_weights and m.dtype != "float32"
+        self.train_dtype = "float32" if mixed else m.dtype
+        self.autocast = functools.partial(compute_autocast, self.device, DTYPES[m.dtype] if mixed else None)
         # a LoRA run trains adapters on the base model: resume loads the base, then its adapter
-        self.model = load_causal_lm(m.name_or_path if m.lora_rank else source, m.dtype, self.device,
+        self.model = load_causal_lm(m.name_or_path if m.lora_rank else source, self.train_dtype, self.device,
                                     m.trust_remote_code)
         self.lora = None
         if m.lora_rank:
@@ -185,7 +191,7 @@ class Trainer:
         self.rollout_model = None  # FSDP2: the whole-weights copy
         if self.dist.parallel == "fsdp2":
             self.rollout_model = frozen_copy(copy.deepcopy(self.model))
-            distributed.shard_fsdp2(self.model)
+            distributed.shard_fsdp2(self.model, DTYPES[m.dtype] if mixed else None)
         elif self.dist.parallel == "ddp" and c.algo.name != "ppo":
             self.train_policy = distributed.wrap_ddp(distributed.CallModule(completion_logits, self.model),
                                                      self.device)
@@ -196,7 +202,7 @@ class Trainer:
         self.estimator = c.algo.estimator()
         self.loss_params = PolicyLossParams.from_fields(c.algo)
         # PPO: the critic, its optimizer and the KL controller (a resumed run loads the critic here)
-        self.ppo = (PPO(c, self.model, self.optimizer, self.scheduler, checkpoint, self.dist)
+        self.ppo = (PPO(c, self.model, self.optimizer, self.scheduler, checkpoint, self.dist, self.autocast)
                     if c.algo.name == "ppo" else None)
         self.step = 0
         self.bad_updates = 0  # optimizer steps skipped for a NaN/inf loss or gradient, over the run
@@ -300,7 +306,8 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         start = time.perf_counter()
         c = self.config
-        rollout = self.rollout()
+        with self.autocast():
+            rollout = self.rollout()
         self.engine.sleep()  # an engine holding accelerator memory lends it to the update
         batch = _to_device(rollout.batch, self.device)
         mask = batch.completion_mask
@@ -541,9 +548,10 @@ class Trainer:
         micro = self.config.algo.micro_batch_size or self.config.algo.minibatch_size or batch.completion_ids.shape[0]
         for rows in chunks(range(batch.completion_ids.shape[0]), micro):
             part = trim_padding(select_rows(batch, rows))
-            logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
-                                       part.completion_mask, self.config.rollout.temperature,
-                                       share_prompts=self.config.model.share_prompt_forward)
+            with self.autocast():
+                logits = completion_logits(model, part.prompt_ids, part.prompt_mask, part.completion_ids,
+                                           part.completion_mask, self.config.rollout.temperature,
+                                           share_prompts=self.config.model.share_prompt_forward)
             logp = losses.token_logprobs(logits, part.completion_ids) * part.completion_mask
             out.append(torch.nn.functional.pad(logp, (0, batch.completion_ids.shape[1] - logp.shape[1])))
         model.train(was_training)
@@ -626,8 +634,9 @@ class Trainer:
         c = self.config
         a = c.algo
         T = m.shape[1]
-        logits = forward(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask,
-                         c.rollout.temperature, share_prompts=share_prompts)
+        with self.autocast():
+            logits = forward(part.prompt_ids, part.prompt_mask, part.completion_ids, part.completion_mask,
+                             c.rollout.temperature, share_prompts=share_prompts)
         logp = losses.token_logprobs(logits, part.completion_ids)
         old = logp.detach() if old_logp is None else old_logp[idx, :T]
         adv = advantages[idx, :T]
@@ -654,11 +663,12 @@ class Trainer:
         c = self.config
         prompts = [build_prompt(self.tokenizer, p.question, c.data.prompt_template, c.data.system_prompt) for p in self.eval_problems]
         t0 = time.perf_counter()
-        result = evaluate(
-            self.engine, self.eval_problems, prompts, lambda s: self.eval_reward_fn(s).rewards,
-            temperature=0.0 if c.train.eval_greedy else c.rollout.temperature, top_p=c.rollout.top_p,
-            max_new_tokens=c.rollout.max_new_tokens, batch_size=c.train.eval_batch_size,
-        )
+        with self.autocast():
+            result = evaluate(
+                self.engine, self.eval_problems, prompts, lambda s: self.eval_reward_fn(s).rewards,
+                temperature=0.0 if c.train.eval_greedy else c.rollout.temperature, top_p=c.rollout.top_p,
+                max_new_tokens=c.rollout.max_new_tokens, batch_size=c.train.eval_batch_size,
+            )
         return {"eval/accuracy": result.metrics["accuracy"], "perf/eval_s": time.perf_counter() - t0}
 
     def save(self) -> Path:
