@@ -96,20 +96,25 @@ def test_ddp_two_processes_give_the_one_process_update(runs):
     assert any(p.abs().sum() > 0 for p in before.values())
 
 
-@pytest.mark.slow
-def test_fsdp2_two_processes_give_the_one_process_update(runs):
-    tmp, one, _ = runs
+@pytest.fixture(scope="module")
+def fsdp2(runs):
+    """The 2-process FSDP2 run, or a skip saying why FSDP2 does not run here."""
+    tmp = runs[0]
     try:
-        fsdp = run(tmp, "fsdp2", 2, "train.parallel=fsdp2")
+        return run(tmp, "fsdp2", 2, "train.parallel=fsdp2")
     except AssertionError as exc:
         if "fully_shard" in str(exc) or "gloo" in str(exc):
             print(f"FSDP2 does not run on CPU/gloo with torch {torch.__version__}: {exc}")
             pytest.skip(f"FSDP2 on CPU/gloo unsupported in torch {torch.__version__}")
         raise
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_give_the_one_process_update(runs, fsdp2):
     # FSDP2 runs one forward per micro-batch (no shared-prompt pass, whose forward count
     # varies by rank), which rounds differently; AdamW's normalised steps (lr 1e-3) turn
     # that into weight differences of a few 1e-6 after two steps
-    assert_same(one, fsdp, param_atol=2e-5)
+    assert_same(runs[1], fsdp2, param_atol=2e-5)
 
 
 def _resume_from_step_1(tmp: Path, src: str, dst: str) -> None:
@@ -129,6 +134,24 @@ def test_checkpoint_of_two_processes_resumes_in_one_and_back(runs):
     _resume_from_step_1(tmp, "one", "one_then_ddp")
     resumed = run(tmp, "one_then_ddp", 2, "train.resume=true", "train.parallel=ddp")
     assert_same(resumed, one, steps=(2,))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_one_process_resumes_in_fsdp2_and_saves_the_same_format(runs, fsdp2):
+    """FSDP2 loads a 1-process checkpoint's optimizer state into its shards, and writes its
+    own (gathered) in the 1-process format: the step-2 checkpoints hold the same AdamW state."""
+    tmp, one, _ = runs
+    _resume_from_step_1(tmp, "one", "one_then_fsdp2")
+    resumed = run(tmp, "one_then_fsdp2", 2, "train.resume=true", "train.parallel=fsdp2")
+    assert_same(resumed, one, steps=(2,), param_atol=2e-5)
+    states = [torch.load(tmp / name / "checkpoints" / "step_000002" / "trainer_state.pt", weights_only=False)
+              for name in ("one", "one_then_fsdp2")]
+    plain, gathered = (s["optimizer"] for s in states)
+    assert plain["param_groups"][0]["params"] == gathered["param_groups"][0]["params"]
+    assert plain["state"].keys() == gathered["state"].keys()
+    for i, moments in plain["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(gathered["state"][i][key], moments[key], rtol=1e-3, atol=1e-7)
 
 
 @pytest.mark.slow

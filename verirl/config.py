@@ -384,10 +384,10 @@ def validate(config: Config) -> None:
     if a.beta < 0:
         raise ConfigError(f"algo.beta must be ≥ 0, got {a.beta}")
     _validate_algorithm(config)
+    _validate_parallel(config)  # before the engine's own checks: the pair is the problem, not vLLM's absence
     _validate_rollout(config)
     _validate_optim_and_model(config)
     _validate_train(t)
-    _validate_parallel(config)
     if a.name == "ppo":
         _validate_ppo(config)
     from verirl.rewards import parse_rewards
