@@ -221,3 +221,15 @@ def test_metrics_reduce_sums_losses_and_recomputes_the_reward_stats():
     assert out["rollout/len_mean"] == 3.0 and out["perf/step_s"] == 3.0
     assert out["rollout/resample_rounds"] == 0 and isinstance(out["rollout/resample_rounds"], int)
     assert out["reward/mean"] == 0.5 and out["reward/std"] == pytest.approx((1 / 3) ** 0.5)
+
+
+def test_python_m_verirl_is_the_command_line():
+    """``torchrun ... -m verirl train CONFIG.yaml`` starts ``python -m verirl`` in each process."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "verirl", "config", "--defaults"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "parallel: none" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "verirl", "train", "--help"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "config" in done.stdout
