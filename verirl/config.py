@@ -528,9 +528,6 @@ def _validate_parallel(config: Config) -> None:
         key = f"algo.scale={a.scale}" if a.scale == "batch_std" else f"algo.advantage={a.advantage}"
         raise ConfigError(f"train.parallel={p} with {key} is not supported yet: its statistics span the whole "
                           "batch, which no rank holds; use grpo, dr_grpo, rloo, opo, gpg, grpo_passk or remax")
-    if p == "fsdp2" and a.name == "ppo":
-        raise ConfigError("train.parallel=fsdp2 with algo.name=ppo is not supported yet: use train.parallel=ddp "
-                          "for PPO (the critic is wrapped in DDP with the policy)")
     if p == "fsdp2" and config.model.lora_rank:
         raise ConfigError("train.parallel=fsdp2 with model.lora_rank is not supported: use train.parallel=ddp "
                           "for LoRA (the frozen base replicates cheaply)")

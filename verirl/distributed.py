@@ -179,9 +179,10 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a transformers model (the classes it names in
-    ``_no_split_modules``), the units FSDP2 shards and gathers one at a time."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
+    """The repeated blocks of a transformers model (the classes it, or a transformers
+    model inside it such as a critic's backbone, names in ``_no_split_modules``), the
+    units FSDP2 shards and gathers one at a time."""
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
     return [m for m in model.modules() if type(m).__name__ in names and m is not model]
 
 

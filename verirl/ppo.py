@@ -20,6 +20,7 @@ the updated critic: that is ``π_old ← π_θ``, ``V_old ← V_φ``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 from pathlib import Path
@@ -277,6 +278,21 @@ class PPO:
             dtype="float32" if m.fp32_master_weights else m.dtype, trust_remote_code=m.trust_remote_code,
             gradient_checkpointing=m.gradient_checkpointing,
         )
+        # FSDP2: the critic sharded like the policy; a whole copy is gathered into for checkpoints
+        self.critic_copy = None
+        if self.dist.parallel == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            self.critic_copy = copy.deepcopy(self.critic).requires_grad_(False)
+            # FSDP2 acts in the forward (and backward) hooks of the modules it wraps, so it wraps
+            # the ones that are called: a separate critic's backbone (its layers, then its root)
+            # and head; a shared head, which is called itself
+            if isinstance(self.critic, SharedValueHead):
+                fully_shard(self.critic)
+            else:
+                mixed = m.fp32_master_weights and m.dtype != "float32"
+                distributed.shard_fsdp2(self.critic.backbone, getattr(torch, m.dtype) if mixed else None)
+                fully_shard(self.critic.head)
         # The critic's own optimizer: in shared mode it holds only the head (the trunk is
         # the policy's, trained by the policy optimizer with the value loss's gradient too).
         self.critic_optimizer, self.critic_scheduler = build_optimizer(self.critic.parameters(), a.critic_lr, config)
@@ -289,18 +305,39 @@ class PPO:
             self.forward = distributed.wrap_ddp(distributed.CallModule(_policy_critic_forward, policy, self.critic),
                                                 device)
 
+    @property
+    def share_prompts(self) -> bool:
+        """One forward per distinct prompt, unless FSDP2 needs every rank to run as many forwards."""
+        return self.config.model.share_prompt_forward and self.dist.parallel != "fsdp2"
+
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything of PPO's a checkpoint needs besides the critic's weights."""
+        """Everything of PPO's a checkpoint needs besides the critic's weights (under FSDP2
+        the critic optimizer's whole state, gathered: every rank calls this)."""
+        if self.critic_copy is not None:
+            optimizer_state = distributed.full_optimizer_state(self.critic, self.critic_optimizer)
+        else:
+            optimizer_state = self.critic_optimizer.state_dict()
         return {
-            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "critic_optimizer": optimizer_state,
             "critic_scheduler": self.critic_scheduler.state_dict(),
             "kl_ctl": self.kl_ctl.state_dict(),
         }
 
+    def saved_critic(self) -> Any:
+        """The critic to write into a checkpoint: itself, or under FSDP2 its whole copy with
+        the gathered weights (a collective)."""
+        if self.critic_copy is None:
+            return self.critic
+        self.critic_copy.load_state_dict(distributed.full_state_dict(self.critic))
+        return self.critic_copy
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.critic_copy is not None:
+            distributed.load_full_optimizer_state(self.critic, self.critic_optimizer, state["critic_optimizer"])
+        else:
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
 
@@ -328,12 +365,12 @@ class PPO:
             if with_logp or isinstance(self.critic, SharedValueHead):
                 with self.autocast():
                     logits, v = policy_forward(self.policy, self.critic, part, self.config.rollout.temperature,
-                                               share_prompts=self.config.model.share_prompt_forward)
+                                               share_prompts=self.share_prompts)
                 logps.append(torch.nn.functional.pad(losses.token_logprobs(logits, part.completion_ids) * m, pad))
             else:
                 with self.autocast():
                     v = self.critic.completion_values(part.prompt_ids, part.prompt_mask, part.completion_ids, m,
-                                                      share_prompts=self.config.model.share_prompt_forward)
+                                                      share_prompts=self.share_prompts)
             values.append(torch.nn.functional.pad(v.float() * m, pad))
         self.policy.train(was[0])
         self.critic.train(was[1])
@@ -435,8 +472,6 @@ class PPO:
         critic_grad_norms: list[float] = []
         skipped = 0  # optimizer steps left out for a NaN/inf loss or gradient
         prompt_lens, completion_lens = batch.prompt_mask.sum(-1).tolist(), batch.completion_mask.sum(-1).tolist()
-        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
-        critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         for mb in minibatches(N, minibatch, a.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             self.critic_optimizer.zero_grad(set_to_none=True)
@@ -459,6 +494,10 @@ class PPO:
                     mb_losses.append(stats["loss"])
                     acc.add({**stats, **filter_stats})
             mb_total = self.dist.sum([float(sum(mb_losses))])  # all ranks skip a step, or none
+            # listed after the backward: FSDP2 swaps its root modules' parameters between their
+            # unsharded forms (after a forward) and the sharded ones that hold the gradients
+            policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+            critic_params = [p for p in self.critic.parameters() if p.requires_grad]
             # clip each, then both optimizers and schedules, unless the loss or a gradient is NaN/inf
             done = guard_step([policy_params, critic_params], o.max_grad_norm,
                               [self.optimizer.step, self.scheduler.step,
@@ -488,7 +527,7 @@ class PPO:
         with self.autocast():
             logits, values = self.forward(part.prompt_ids, part.prompt_mask, part.completion_ids,
                                           part.completion_mask, c.rollout.temperature,
-                                          share_prompts=c.model.share_prompt_forward)
+                                          share_prompts=self.share_prompts)
         logp = losses.token_logprobs(logits, part.completion_ids)
         # The entropy bonus needs the entropy's gradient only when c2 > 0.
         if a.ent_coef > 0:
