@@ -105,7 +105,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "—"
         step = f"{r['step_s']:.2f}" if r.get("step_s") is not None else "—"
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['world']} | {r['parallel']} | {r['micro_batch_tokens'] or '—'}"
+        budget = r["micro_batch_tokens"] or "—"
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['world']} | {r['parallel']} | {budget}"
                      f" | {r['rows']} × {r['tokens'] // max(r['rows'], 1)} | {r['update_s']:.3f} | "
                      f"{r['train_tok_s']:.0f} | {mfu} | {step} | {r['peak_mem_mb']:.0f} ({r['mem_kind']}) |")
     return "\n".join(lines)

@@ -174,7 +174,8 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     ids = [device.index] if device.type == "cuda" else None
     # the buffers (rotary tables) are the same on every rank: no broadcast at each forward
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"  # the newer name
+    no_buffer_sync = {key: False}
     return DistributedDataParallel(module, device_ids=ids, **no_buffer_sync)
 
 

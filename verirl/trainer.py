@@ -46,8 +46,8 @@ from verirl.metrics import (MetricsWriter, RunInfo, UpdateStats, check_backends,
                             truncate_jsonl_after)
 from verirl.models import (
     ADAPTER_DIR,
-    attach_lora,
     DTYPES,
+    attach_lora,
     check_model_source,
     completion_logits,
     compute_autocast,
@@ -696,7 +696,7 @@ class Trainer:
             "config": self.config.to_dict(),
         }
         if self.ppo is not None:
-            models["critic"] = self.ppo.critic
+            models["critic"] = self.ppo.saved_critic()
             state["ppo"] = self.ppo.state_dict()
         path = self.out / "checkpoints" / f"step_{self.step:06d}"
         if self.dist.is_main:
