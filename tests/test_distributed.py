@@ -117,6 +117,18 @@ def test_fsdp2_two_processes_give_the_one_process_update(runs, fsdp2):
     assert_same(runs[1], fsdp2, param_atol=2e-5)
 
 
+@pytest.mark.slow
+def test_ddp_with_a_reference_model_two_epochs_and_checkpointing(tmp_path):
+    """β > 0 (each rank holds π_ref), π_old recomputed for μ = 2 epochs, per-sequence means,
+    gradient checkpointing: still the 1-process update."""
+    extra = ("algo.beta=0.04", "algo.ppo_epochs=2", "algo.loss_agg=seq-mean-token-mean",
+             "model.gradient_checkpointing=true")
+    one = run(tmp_path, "ref_one", 1, *extra)
+    ddp = run(tmp_path, "ref_ddp", 2, *extra, "train.parallel=ddp")
+    assert_same(one, ddp)
+    assert one["records"][1]["policy/kl"] > 0
+
+
 def _resume_from_step_1(tmp: Path, src: str, dst: str) -> None:
     """``dst``: a copy of run ``src`` as a kill after step 1 would leave it."""
     shutil.copytree(tmp / src, tmp / dst)
