@@ -70,7 +70,8 @@ def test_shipped_ablation_configs_load_and_every_arm_validates() -> None:
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     tiny = load_ablation(configs / "ablation_tiny.yaml")
-    assert set(tiny.arms) == {"outcome_grpo", "rule_process_grpo", "outcome_ppo", "rule_process_ppo"}
+    assert set(tiny.arms) == {f"{reward}_{algo}" for reward in ("outcome", "rule_process", "prm_process")
+                              for algo in ("grpo", "ppo")}
     assert tiny.seeds == [0, 1, 2]
     gsm8k = load_ablation(configs / "ablation_gsm8k.yaml")
     assert gsm8k.arms["prm_process_ppo"]["algo"]["name"] == "ppo"

@@ -63,6 +63,22 @@ def compose(prompt: str, completion: str, spans: Sequence[tuple[int, int]], step
     return "".join(parts), read_at
 
 
+def token_positions(offsets: Sequence[tuple[int, int]], chars: Sequence[int]) -> list[int] | Failure:
+    """For each character index in ``chars``, the index of the token that holds it: the
+    last token (of those carrying text) that starts at or before it. ``offsets`` are a
+    fast tokenizer's ``(start, end)`` character offsets; special tokens (empty offsets)
+    are never chosen."""
+    starts = [(s, i) for i, (s, e) in enumerate(offsets) if e > s]
+    keys = [s for s, _ in starts]
+    positions = []
+    for char in chars:
+        k = bisect.bisect_right(keys, char) - 1
+        if k < 0:
+            return Failure("error", f"prm: no token covers character {char} of the text")
+        positions.append(starts[k][1])
+    return positions
+
+
 @verifier("prm", kind="process")
 class ProcessRewardModel:
     """Scores each step with a neural process reward model (Math-Shepherd step tokens or a token-classification head)."""
@@ -89,7 +105,7 @@ class ProcessRewardModel:
     ):
         if not model:
             raise ConfigError(
-                "verifier 'prm' needs param 'model': a local directory or a hub id of a process reward model"
+                "verifier 'prm' needs param 'model': a local directory, a hub id or builtin:NAME of a process reward model"
             )
         if style not in STYLE_CHOICES:
             raise ConfigError(f"verifier 'prm' param 'style' must be one of {', '.join(STYLE_CHOICES)}; got {style!r}")
@@ -105,7 +121,10 @@ class ProcessRewardModel:
 
         from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+        from verirl.data import resolve_path
         from verirl.models import dtype_kwarg, pick_device, resolve_dtype
+
+        model = resolve_path(model)  # builtin:NAME -> the shipped asset folder (tiny-steps-prm)
 
         self.device = pick_device(device, "verifier 'prm' param 'device'")
         auto_cls = AutoModelForCausalLM if style == "step_token" else AutoModelForTokenClassification
@@ -170,16 +189,10 @@ class ProcessRewardModel:
         spans = split_steps(sample.completion, self.split)
         text, read_at = compose(sample.prompt, sample.completion, spans, self.step_tag, self.prompt_separator)
         enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        # Tokens that carry text, by start; special tokens have empty offsets.
-        starts = [(s, i) for i, (s, e) in enumerate(offsets) if e > s]
-        keys = [s for s, _ in starts]
-        positions = []
-        for char in read_at:
-            k = bisect.bisect_right(keys, char) - 1
-            if k < 0:
-                return Failure("error", f"prm: no token covers character {char} of the text")
-            positions.append(starts[k][1])
+        ids = list(enc["input_ids"])
+        positions = token_positions(enc["offset_mapping"], read_at)
+        if isinstance(positions, Failure):
+            return positions
         if len(ids) > self.max_length:
             cut = len(ids) - self.max_length
             if positions and positions[0] < cut:

@@ -865,7 +865,8 @@ class Parser:
 
     def factorial(self, v: V) -> V:
         def fact(x: Any, h: bool) -> Any:
-            if h or (isinstance(x, sympy.Integer) and x > MAX_FACTORIAL):
+            # any number, not only an Integer: 1e5! reads as Float(100000)!, as costly
+            if h or (getattr(x, "is_Number", False) and abs(x) > MAX_FACTORIAL):
                 self.huge = True
                 return sympy.factorial(x, evaluate=False)
             return sympy.factorial(x)

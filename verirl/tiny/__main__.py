@@ -1,4 +1,5 @@
 """``python -m verirl.tiny build [--out DIR] [--steps N]`` rebuilds the tiny model;
+``python -m verirl.tiny prm [--out DIR]`` builds tiny-steps' process reward model;
 ``python -m verirl.tiny eval [DIR]`` measures its greedy accuracy and pass@k."""
 
 from __future__ import annotations
@@ -36,12 +37,35 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--limit", type=int, help="only the first N rows")
     e.add_argument("--threads", type=int, default=2)
 
+    r = sub.add_parser("prm", help="build the tiny process reward model for tiny-steps (verirl.tiny.prm)")
+    r.add_argument("--out", help="output folder (default: the shipped assets' tiny-steps-prm)")
+    r.add_argument("--policy", help="tiny-steps policy folder to start from (default: the shipped tiny-steps)")
+    r.add_argument("--steps", type=int, help="training steps")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--n-eval", type=int, help="held-out test problems scored after training")
+    r.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    r.add_argument("--labels", choices=("prefix", "local"), help="step labels: still on the gold path, or this step right")
+    r.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
+                   help="label every completion token, not only line ends (prefix labels; default on)")
+
     args = parser.parse_args(argv)
     import torch  # deferred: `--help` should not pay for it
 
     from verirl.tiny.build import BuildConfig, build
     from verirl.tiny.evaluate import evaluate_dir
 
+    if args.command == "prm":
+        from verirl.tiny.prm import PRMBuildConfig, build_prm
+
+        overrides = {f.name: getattr(args, f.name) for f in fields(PRMBuildConfig)
+                     if getattr(args, f.name, None) is not None}
+        try:
+            build_prm(args.out or str(tiny_model_path().parent / "tiny-steps-prm"), PRMBuildConfig(**overrides))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "build":
         overrides = {f.name: getattr(args, f.name) for f in fields(BuildConfig)
                      if getattr(args, f.name, None) is not None}

@@ -8,9 +8,11 @@ solution line carries exactly one GSM8K annotation ``<<a op b=c>>c``, its result
 next line's left operand or addend, and the last line is ``#### N`` with N the last
 result. All values are non-negative integers at most :data:`MAX_VALUE`.
 
-:func:`inject_error` makes the negative steps a process reward model learns from: one
-line's result replaced by a nearby wrong value (the later lines computed from the wrong
-value, as a solver who made that slip would), labelled per line.
+:func:`inject_error` changes one line's result and leaves the rest as it was (labels: does
+each line's own annotation hold, what ``arith_steps`` checks). :func:`inject_mistake`
+makes the mistakes a solver makes, for the tiny process reward model: a slip in one
+line's result or a misread operand, every later line then computed from the wrong value,
+labelled by prefix correctness (is the solution still on the gold path after this line).
 
 Deterministic in ``seed`` (``random.Random`` only; no global state).
 """
@@ -118,3 +120,100 @@ def inject_error(problem: Problem, rng: random.Random) -> tuple[Problem, list[bo
         final = f"#### {shown}"
     labels = [j != i for j in range(len(body))]
     return {"question": problem["question"], "answer": "\n".join(body + [final])}, labels
+
+
+MISTAKE_KINDS = ("result", "operand")
+
+
+def _parse_body(body: list[str]) -> list[tuple[re.Match, bool]]:
+    parsed = []
+    for line in body:
+        m = _LINE.search(line)
+        if m is None:
+            raise ValueError(f"line without a <<a op b=c>> annotation: {line!r}")
+        # "The boxes hold <<k*m=p>>p ..." is a container product: it does not read the
+        # running amount, and the next line adds it (``x+p``).
+        parsed.append((m, line.startswith("The ")))
+    return parsed
+
+
+LABEL_MODES = ("prefix", "local")
+
+
+def inject_mistake(problem: Problem, rng: random.Random, kind: str = "result",
+                   labels: str = "prefix") -> tuple[Problem, list[bool]]:
+    """``problem`` solved with one mistake, and per step (every solution line, the
+    ``####`` line included) whether the solution is still right after it.
+
+    ``kind="result"``: line ``i`` (uniform) reports a misread (:func:`_misread`) of its
+    correct result ``c``; ``kind="operand"``: line ``i`` computes correctly from a misread
+    right operand ``b``; ``d``, drawn from ±1, ±2, ±3, picks the misread. Every later line is computed
+    correctly from the wrong value (the running amount, and a container product the next
+    line adds), and ``####`` gives the last result, as a solver who made that one mistake
+    would write. Values stay non-negative (``d`` is redrawn when not).
+
+    ``labels="prefix"`` (is the solution still on the gold path): line ``j`` is right iff
+    ``j < i``, the ``####`` line iff its answer is the gold. ``labels="local"`` (is this
+    step right given the steps before it): only line ``i`` is wrong; the ``####`` line,
+    which repeats the last result, is right.
+    """
+    if kind not in MISTAKE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(MISTAKE_KINDS)}; got {kind!r}")
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}; got {labels!r}")
+    lines = problem["answer"].split("\n")
+    body, gold = lines[:-1], lines[-1].removeprefix("#### ").strip()
+    parsed = _parse_body(body)
+    i = rng.randrange(len(body))
+    for _ in range(20):
+        d = rng.choice((-3, -2, -1, 1, 2, 3))
+        out = _resolve(body, parsed, i, kind, d)
+        if out is not None:
+            break
+    else:
+        raise ValueError(f"no mistake of kind {kind!r} keeps line {i} of this problem non-negative")
+    new_body, final = out
+    if labels == "prefix":
+        verdicts = [j < i for j in range(len(body))] + [str(final) == gold]
+    else:
+        verdicts = [j != i for j in range(len(body))] + [True]
+    answer = "\n".join(new_body + [f"#### {final}"])
+    return {"question": problem["question"], "answer": answer}, verdicts
+
+
+def _misread(value: int, d: int) -> int:
+    """``value`` written wrong the ways the tiny policies get numbers wrong, picked by
+    ``d`` in ±1, ±2, ±3: off by ``d`` for |d| <= 2 (and for one-digit values); for |d| = 3
+    and two or more digits, the last digit dropped (``d = 3``: ``34`` -> ``3``, the SFT
+    model's commonest misread) or repeated (``d = -3``: ``34`` -> ``344``)."""
+    if abs(d) < 3 or value < 10:
+        return value + d
+    return value // 10 if d > 0 else value * 10 + value % 10
+
+
+def _resolve(body: list[str], parsed: list[tuple[re.Match, bool]], i: int, kind: str,
+             d: int) -> tuple[list[str], int] | None:
+    """The solution recomputed with the mistake at line ``i``; None if a value goes negative."""
+    new_body = []
+    amount = None  # the running amount as the solver now has it
+    product = None  # the last container product, added by the next line
+    for j, ((m, is_product), line) in enumerate(zip(parsed, body)):
+        a, op, b = int(m[1]), m[2], int(m[3])
+        if not is_product:
+            if amount is not None:
+                a = amount
+            if product is not None:
+                b, product = product, None
+        if j == i and kind == "operand":
+            b = _misread(b, d)
+        c = {"+": a + b, "-": a - b, "*": a * b}[op]
+        if j == i and kind == "result":
+            c = _misread(c, d)
+        if min(a, b, c) < 0:
+            return None
+        if is_product:
+            product = c
+        else:
+            amount = c
+        new_body.append(line[:m.start()] + f"<<{a}{op}{b}={c}>>{c}" + line[m.end():])
+    return new_body, amount
