@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -222,6 +222,17 @@ def sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, train: Sequ
     if too_long:
         raise ValueError(f"{len(too_long)} examples exceed max_positions={cfg.max_positions} tokens "
                          f"(longest {max(too_long)}); raise max_positions")
+    return train_on_examples(model, examples, tokenizer.pad_token_id, cfg, log)
+
+
+def train_on_examples(model: torch.nn.Module, examples: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                      cfg: Any, log: Callable[[str], None] | None = print) -> list[float]:
+    """``cfg.steps`` AdamW steps (learning rate :func:`lr_at`, gradients clipped to norm 1)
+    on batches of ``cfg.batch_size`` ``(input ids, labels)`` examples drawn by a
+    ``random.Random(cfg.seed)`` shuffle, epoch after epoch; the model's own loss on the
+    labels (-100: ignored). Leaves the model in eval mode; returns every step's loss.
+    ``cfg`` needs ``seed, steps, batch_size, lr, weight_decay, warmup_steps, min_lr_frac,
+    log_every`` (the tiny policy's and the tiny PRM's build configs both have them)."""
     rng = random.Random(cfg.seed)
     order: list[int] = []
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -233,7 +244,7 @@ def sft(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, train: Sequ
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
             order.extend(fresh)
-        batch = _collate([examples[i] for i in order[: cfg.batch_size]], tokenizer.pad_token_id)
+        batch = _collate([examples[i] for i in order[: cfg.batch_size]], pad_id)
         del order[: cfg.batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)

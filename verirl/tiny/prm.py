@@ -41,7 +41,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForTokenClassific
 from verirl.grading.steps import split_steps
 from verirl.tiny import steps as steps_task
 from verirl.tiny import tasks
-from verirl.tiny.build import _portable_tokenizer_config, format_completion, format_prompt
+from verirl.tiny.build import _portable_tokenizer_config, format_completion, format_prompt, train_on_examples
 
 LABELS = {0: "wrong", 1: "right"}
 
@@ -119,18 +119,6 @@ def encode_labelled(tokenizer, problem: tasks.Problem, labels: Sequence[bool],
     return ids, token_labels
 
 
-def _collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-        mask[row, : len(x)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
 def from_policy(policy_dir: Path) -> LlamaForTokenClassification:
     """A two-label token classifier whose trunk is the policy's (the head is new)."""
     policy = LlamaForCausalLM.from_pretrained(policy_dir)
@@ -206,16 +194,6 @@ def evaluate_prm(model_dir: Path | str, problems: Sequence[tasks.Problem], seed:
     return step_metrics(probs, [ls for _, ls in solutions])
 
 
-def _lr(step: int, cfg: PRMBuildConfig) -> float:
-    import math
-
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = (step - cfg.warmup_steps) / max(1, cfg.steps - 1 - cfg.warmup_steps)
-    m = cfg.min_lr_frac
-    return cfg.lr * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
-
-
 def build_prm(out_dir: Path | str, cfg: PRMBuildConfig | None = None,
               log: Callable[[str], None] = print) -> dict:
     """Train the PRM and write it (model, tokenizer, build.json with the held-out metrics)
@@ -248,30 +226,7 @@ def build_prm(out_dir: Path | str, cfg: PRMBuildConfig | None = None,
     model = from_policy(policy_dir)
     log(f"prm: {len(examples):,} labelled solutions, {sum(p.numel() for p in model.parameters()):,} parameters")
 
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    model.train()
-    losses = []
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        batch = _collate([examples[i] for i in order[: cfg.batch_size]], tokenizer.pad_token_id)
-        del order[: cfg.batch_size]
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if log and (step + 1) % cfg.log_every == 0:
-            recent = losses[-cfg.log_every:]
-            log(f"step {step + 1}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  {time.perf_counter() - t0:.0f}s")
-    model.eval()
+    losses = train_on_examples(model, examples, tokenizer.pad_token_id, cfg, log)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _portable_tokenizer_config(out / "tokenizer_config.json")
