@@ -127,6 +127,13 @@ def test_eval_names_its_own_option_for_a_missing_question_field(tmp_path, capsys
     assert "no question field" in err and "set --question-field" in err and "data.question_field" not in err
 
 
+def test_eval_names_its_own_option_for_a_missing_data_file(tmp_path, capsys):
+    missing = tmp_path / "nowhere.jsonl"
+    assert cli_main(["eval", "--model", "builtin:tiny-arith", "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data: file not found: {missing}" in err and "give a JSONL path" in err
+
+
 # --------------------------------------------------------------------------- the command line
 
 

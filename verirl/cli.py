@@ -301,7 +301,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
     check_model_source(args.model, what="--model")
     problems = load_problems(EVAL_SETS.get(args.data, args.data), args.format, args.question_field,
-                             args.answer_field, field_hint="--{what}-field")
+                             args.answer_field, field_hint="--{what}-field", key="--data")
     if args.limit:
         problems = problems[: args.limit]
     device = pick_device(args.device, what="--device")
