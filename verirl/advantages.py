@@ -52,6 +52,8 @@ class AdvantageInputs:
 
 
 AdvantageEstimator = Callable[[AdvantageInputs], Tensor]
+#: a sum over every process of a run (all-reduce); within one process, the identity
+AllSum = Callable[[Tensor], Tensor]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 #: Estimators of process supervision (step rewards); the others take outcome rewards.
 PROCESS_ESTIMATORS: frozenset[str] = frozenset({"grpo_process", "dr_grpo_process"})
@@ -117,46 +119,55 @@ def _float(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- masked stats
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+def local_sum(total: Tensor) -> Tensor:
+    """The :data:`AllSum` of a single process: the sum as it is."""
+    return total
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None, all_sum: AllSum = local_sum) -> Tensor:
     """Mean of ``x`` over the positions where ``mask`` is nonzero.
 
     ``mean = Σ_t m_t x_t / Σ_t m_t``, over all positions (``dim=None``, a 0-d tensor)
     or along ``dim``. Padding values never enter (not even ``nan``); an empty selection
-    has mean 0 (the denominator is clamped to at least 1).
+    has mean 0 (the denominator is clamped to at least 1). ``all_sum`` (``dim=None``
+    only) adds each sum over processes, so the mean is over every process's positions.
     """
     m = mask.bool()
     x = _float(x)
     total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))
     if dim is None:
-        return total.sum() / m.sum().clamp(min=1)
+        return all_sum(total.sum()) / all_sum(m.sum()).clamp(min=1)
     return total.sum(dim) / m.sum(dim).clamp(min=1)
 
 
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True, all_sum: AllSum = local_sum) -> Tensor:
     """Variance of ``x`` over the valid positions of ``mask`` (a 0-d tensor).
 
     ``var = Σ_t m_t (x_t − mean)² / (n − 1)`` with ``n = Σ_t m_t`` (``n`` when
-    ``unbiased=False``). With fewer than 2 valid positions the variance is 0.
+    ``unbiased=False``). With fewer than 2 valid positions the variance is 0. ``all_sum``:
+    as in :func:`masked_mean`.
     """
     m = mask.bool()
-    mean = masked_mean(x, m)
+    mean = masked_mean(x, m, all_sum=all_sum)
     sq = torch.where(m, (_float(x) - mean) ** 2, torch.zeros((), dtype=mean.dtype, device=x.device))
-    n = m.sum()
+    n = all_sum(m.sum())
     denom = (n - 1) if unbiased else n
-    return sq.sum() / denom.clamp(min=1)
+    return all_sum(sq.sum()) / denom.clamp(min=1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True,
+                  all_sum: AllSum = local_sum) -> Tensor:
     """Whiten ``x`` with the mean and (sample) variance of its valid positions.
 
     ``x̂ = (x − mean) / sqrt(var + eps)`` (PPO normalises its advantages this way over
     the batch's valid tokens); with ``shift_mean=False`` the mean is added back,
     ``x̂ = (x − mean) / sqrt(var + eps) + mean``, so only the scale changes. Padding does
-    not enter the statistics, and the result is 0 on padding.
+    not enter the statistics, and the result is 0 on padding. ``all_sum``: as in
+    :func:`masked_mean` (several processes whiten over all their positions).
     """
     m = mask.bool()
-    mean = masked_mean(x, m)
-    var = masked_var(x, m)
+    mean = masked_mean(x, m, all_sum=all_sum)
+    var = masked_var(x, m, all_sum=all_sum)
     whitened = (_float(x) - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -104,6 +104,14 @@ class Dist:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def all_sum(self, total: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over ranks (a new tensor; :data:`verirl.advantages.AllSum`)."""
+        if not self.enabled:
+            return total
+        out = total.detach().clone()
+        torch.distributed.all_reduce(out)
+        return out
+
     def max_int(self, value: int) -> int:
         if not self.enabled:
             return value

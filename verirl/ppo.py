@@ -54,6 +54,7 @@ def ppo_advantages(
     beta_r: float,
     gamma: float = 1.0,
     lam: float = 0.95,
+    all_sum: adv_fns.AllSum = adv_fns.local_sum,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token rewards, whitened GAE advantages and λ-returns of one rollout, in order:
     the KL-penalised rewards ``r_t`` (:func:`verirl.advantages.per_token_rewards_for_ppo`),
@@ -69,10 +70,12 @@ def ppo_advantages(
     Returns:
         ``(token_rewards, advantages, returns)``, each ``[N, T]``, detached, 0 on padding;
         ``advantages`` are whitened, ``returns`` are the raw λ-returns (the critic's target).
+        ``all_sum`` (several processes: an all-reduce) makes the whitening statistics
+        those of every process's valid tokens.
     """
     rewards = adv_fns.per_token_rewards_for_ppo(scores, old_logp, ref_logp if beta_r > 0 else None, mask, beta_r)
     raw_adv, returns = adv_fns.gae(rewards, old_values, mask, gamma, lam)
-    return rewards, adv_fns.masked_whiten(raw_adv, mask), returns
+    return rewards, adv_fns.masked_whiten(raw_adv, mask, all_sum=all_sum), returns
 
 
 def ppo_loss(
@@ -404,10 +407,8 @@ class PPO:
         single_update = a.ppo_epochs == 1 and (a.minibatch_size // self.dist.world_size or N) == N
         old_logp, old_values = self.rollout_pass(batch, with_logp=ref_logp is not None or not single_update)
         token_rewards, advantages, returns = ppo_advantages(
-            scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam
+            scores, old_logp, ref_logp, old_values, mask, beta_r, a.gamma, a.lam, all_sum=self.dist.all_sum
         )
-        if self.dist.enabled:  # whitened over the valid tokens of all ranks' rollouts
-            advantages = self._whiten_global(returns - old_values, mask)
         raw_adv = returns - old_values  # A_t before whitening, for the logs
         with torch.no_grad():
             valid = mask.bool()
@@ -440,18 +441,6 @@ class PPO:
         if ref_logp is not None:
             self.kl_ctl.update(kl_seq, mask.shape[0])
         return stats
-
-    def _whiten_global(self, raw: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-        """:func:`verirl.advantages.masked_whiten` with the mean and sample variance of the
-        valid tokens of every rank (sums all-reduced)."""
-        valid = mask.bool()
-        x = torch.where(valid, raw.double(), torch.zeros((), dtype=torch.float64, device=raw.device))
-        total, count = self.dist.sum([float(x.sum()), float(valid.sum())])
-        mean = total / max(count, 1.0)
-        sq = torch.where(valid, (x - mean) ** 2, torch.zeros((), dtype=torch.float64, device=raw.device))
-        var = self.dist.sum([float(sq.sum())])[0] / max(count - 1.0, 1.0)
-        whitened = ((raw.float() - mean) * (var + eps) ** -0.5).float()
-        return torch.where(valid, whitened, torch.zeros((), dtype=whitened.dtype, device=raw.device))
 
     def update(self, batch: RolloutBatch, old_logp: Tensor | None, old_values: Tensor, advantages: Tensor,
                returns: Tensor, loss_mask: Tensor | None = None) -> dict[str, float]:
