@@ -38,6 +38,17 @@ class ModelConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA path
     lora_target_modules: str | list[str] = "all-linear"  # modules given adapters: peft's "all-linear" or a list of module names
 
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the weights (and so gradients and AdamW state) are held in."""
+        return "float32" if self.fp32_master_weights else self.dtype
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The dtype the forwards compute in under ``torch.autocast``, when it differs from
+        the weights' (``fp32_master_weights`` with a low-precision ``dtype``); else None."""
+        return self.dtype if self.dtype != self.weights_dtype else None
+
 
 @dataclass
 class DataConfig:

@@ -36,7 +36,7 @@ from verirl.critic import Critic, SharedValueHead, build_critic
 from verirl.guard import guard_step
 from verirl.losses import LossScale
 from verirl.metrics import UpdateStats
-from verirl.models import _takes_logits_to_keep, completion_logits, sequence_inputs
+from verirl.models import DTYPES, _takes_logits_to_keep, completion_logits, sequence_inputs
 from verirl.optim import build_optimizer
 from verirl.policy_losses import PolicyLossParams, get_policy_loss, token_filter_weights
 from verirl.rollout.base import RolloutBatch, select_rows, trim_padding
@@ -278,7 +278,7 @@ class PPO:
         self.scheduler = scheduler
         self.critic = build_critic(
             a.critic, policy, a.critic_path or m.name_or_path, checkpoint,
-            dtype="float32" if m.fp32_master_weights else m.dtype, trust_remote_code=m.trust_remote_code,
+            dtype=m.weights_dtype, trust_remote_code=m.trust_remote_code,
             gradient_checkpointing=m.gradient_checkpointing,
         )
         # FSDP2: the critic sharded like the policy; a whole copy is gathered into for checkpoints
@@ -293,8 +293,7 @@ class PPO:
             if isinstance(self.critic, SharedValueHead):
                 fully_shard(self.critic)
             else:
-                mixed = m.fp32_master_weights and m.dtype != "float32"
-                distributed.shard_fsdp2(self.critic.backbone, getattr(torch, m.dtype) if mixed else None)
+                distributed.shard_fsdp2(self.critic.backbone, DTYPES.get(m.autocast_dtype))
                 fully_shard(self.critic.head)
         # The critic's own optimizer: in shared mode it holds only the head (the trunk is
         # the policy's, trained by the policy optimizer with the value loss's gradient too).

@@ -160,11 +160,10 @@ class Trainer:
         self.tokenizer = load_tokenizer(source, c.model.trust_remote_code)
         m = c.model
         # mixed precision: float32 weights (and so gradients and AdamW state), forwards in m.dtype
-        mixed = m.fp32_master_weights and m.dtype != "float32"
-        self.train_dtype = "float32" if mixed else m.dtype
-        self.autocast = functools.partial(compute_autocast, self.device, DTYPES[m.dtype] if mixed else None)
+        autocast_dtype = DTYPES.get(m.autocast_dtype)
+        self.autocast = functools.partial(compute_autocast, self.device, autocast_dtype)
         # a LoRA run trains adapters on the base model: resume loads the base, then its adapter
-        self.model = load_causal_lm(m.name_or_path if m.lora_rank else source, self.train_dtype, self.device,
+        self.model = load_causal_lm(m.name_or_path if m.lora_rank else source, m.weights_dtype, self.device,
                                     m.trust_remote_code)
         self.lora = None
         if m.lora_rank:
@@ -191,7 +190,7 @@ class Trainer:
         self.rollout_model = None  # FSDP2: the whole-weights copy
         if self.dist.parallel == "fsdp2":
             self.rollout_model = frozen_copy(copy.deepcopy(self.model))
-            distributed.shard_fsdp2(self.model, DTYPES[m.dtype] if mixed else None)
+            distributed.shard_fsdp2(self.model, autocast_dtype)
         elif self.dist.parallel == "ddp" and c.algo.name != "ppo":
             self.train_policy = distributed.wrap_ddp(distributed.CallModule(completion_logits, self.model),
                                                      self.device)
