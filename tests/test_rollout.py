@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verirl.models import _takes_logits_to_keep, completion_logits
 from verirl.rollout import make_engine
 from verirl.rollout.base import SamplingConfig
-from verirl.rollout.decode import choose_tokens, decode
+from verirl.models import prompt_cache
+from verirl.rollout.decode import buffer_cache, choose_tokens, decode
 from verirl.rollout.hf import DECODERS, HFEngine, completion_mask, prefill_shared
 from verirl.tiny import tasks, tiny_model_path
 from verirl.verifier import ConfigError
@@ -117,6 +118,58 @@ def test_dropping_finished_rows_changes_no_sample(tiny, prompts, compact_frac):
     assert torch.equal(keep_all.completion_ids, dropped.completion_ids)
     valid = keep_all.completion_mask.bool()
     torch.testing.assert_close(dropped.logprobs[valid], keep_all.logprobs[valid], rtol=1e-5, atol=1e-5)
+
+
+def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preallocate, top_p=1.0):
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    index = torch.arange(len(prompts)).repeat_interleave(n)
+    ids, mask = enc.input_ids, enc.attention_mask
+    if not share:
+        ids, mask, index = ids[index], mask[index], torch.arange(len(index))
+    torch.manual_seed(3)
+    return decode(model, ids, mask, index, 40, temperature, top_p, [tok.eos_token_id], tok.pad_token_id,
+                  compact_frac=compact_frac, preallocate=preallocate)
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("compact_frac", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.8, 0.7)])
+def test_preallocated_kv_buffers_give_the_concatenating_caches_samples(tiny, prompts, temperature, top_p,
+                                                                       compact_frac, share):
+    """Writing the KV cache into buffers sized for the whole decode (views of their
+    filled prefix into attention) gives transformers' concatenating cache's tokens and
+    log-probs, whatever rows leave the batch when, with and without the shared prefill."""
+    model, tok = tiny
+    grown = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=False, top_p=top_p)
+    buffered = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=True, top_p=top_p)
+    assert torch.equal(grown.tokens, buffered.tokens)
+    assert torch.equal(grown.finished, buffered.finished)
+    if temperature:
+        torch.testing.assert_close(buffered.logprobs, grown.logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_preallocated_buffers_are_used_with_the_installed_transformers(tiny, prompts):
+    """The buffered cache is the path the loop takes with a plain transformers dynamic
+    cache (else the speed-up would vanish silently), its keys are views of the buffers,
+    and a cache of another kind (here an unfilled one) is left as it is."""
+    from transformers import cache_utils
+
+    if not hasattr(cache_utils, "DynamicLayer"):
+        pytest.skip("this transformers (< 4.56) has no per-layer cache objects: the loop concatenates")
+    model, tok = tiny
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    _, cache = prompt_cache(model, enc.input_ids, enc.attention_mask, logits_to_keep=1)
+    before = [layer.keys.clone() for layer in cache.layers]
+    rows = torch.tensor([2, 2, 0, 4])
+    assert buffer_cache(cache, rows, enc.input_ids.shape[1] + 10)
+    P = enc.input_ids.shape[1]
+    for layer, keys in zip(cache.layers, before):
+        assert layer.keys.shape == (4, keys.shape[1], P, keys.shape[3])
+        assert layer.keys.data_ptr() == layer.key_buffer.data_ptr()  # a view, not a copy
+        assert torch.equal(layer.keys, keys[rows])
+    assert cache.get_seq_length() == P
+    empty = cache_utils.DynamicCache()
+    assert not buffer_cache(empty, rows, 10)
 
 
 @pytest.mark.parametrize("batch_size", [0, 6])

@@ -5,6 +5,10 @@ per-token bookkeeping costs as much as the model.
 What it does differently from ``generate`` (same model calls, same KV cache object):
 
 - each distinct prompt is prefilled once and its KV cache copied to its ``n`` rows;
+- the KV cache is written into buffers sized for the whole decode (prompt + the length
+  limit) and attention reads views of their filled prefix, where transformers' dynamic
+  cache concatenates (copies) every layer's whole cache at every token
+  (:func:`buffer_cache`; a cache of another kind is used as it is);
 - rows that finished are dropped from the batch (their KV cache rows with them) once
   they are ``compact_frac`` of it, so the model stops computing tokens nobody keeps;
 - sampling draws one uniform number per original row and step from torch's global RNG
@@ -93,13 +97,16 @@ def choose_tokens(logits: Tensor, temperature: float, top_p: float, uniform: Ten
 
 def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, *,
-           compact_frac: float = 0.25, on_finished: RowsFinished | None = None) -> Decoded:
+           compact_frac: float = 0.25, on_finished: RowsFinished | None = None, preallocate: bool = True) -> Decoded:
     """Sample (or, at ``temperature == 0``, greedily decode) up to ``max_new_tokens``
     tokens for ``N = len(index)`` rows, row ``i`` continuing prompt ``index[i]`` of the
     ``U`` left-padded ``prompt_ids`` ``[U, P]``. The model must pass :func:`can_decode`;
     it is called as in :func:`verirl.models.shared_prompt_forward` (position ids that skip
     the left padding, an explicit cache). Rows that finish are dropped from the batch
     once they are more than ``compact_frac`` of it (0: as soon as any finishes; 1: never).
+    ``preallocate``: write the KV cache into buffers sized for the whole decode
+    (:func:`buffer_cache`); off, transformers' cache grows by concatenation. The tokens
+    and log-probs are the same either way.
 
     The loop runs under ``torch.inference_mode`` (no autograd bookkeeping per op: 12 % of
     the loop's time on the tiny model); its outputs are copied out of it, so they are
@@ -107,13 +114,13 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     """
     with torch.inference_mode():
         out = _decode(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, eos_ids, pad_id,
-                      compact_frac, on_finished)
+                      compact_frac, on_finished, preallocate)
     return Decoded(out.tokens.clone(), None if out.logprobs is None else out.logprobs.clone(), out.finished.clone())
 
 
 def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
             temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, compact_frac: float,
-            on_finished: RowsFinished | None) -> Decoded:
+            on_finished: RowsFinished | None, preallocate: bool) -> Decoded:
     from verirl.models import _takes_logits_to_keep, cache_kwarg_name, prompt_cache
 
     device = prompt_ids.device
@@ -121,7 +128,8 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
     head = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     out, cache = prompt_cache(model, prompt_ids, prompt_mask, **head)
     logits = out.logits[:, -1][index]
-    if index.shape[0] != prompt_ids.shape[0] or not torch.equal(index, torch.arange(N, device=device)):
+    if not (preallocate and buffer_cache(cache, index, prompt_ids.shape[1] + T)) and (
+            index.shape[0] != prompt_ids.shape[0] or not torch.equal(index, torch.arange(N, device=device))):
         cache.reorder_cache(index)
     cache_kwarg = cache_kwarg_name(model)
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
@@ -163,6 +171,84 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
         _report(on_finished, rows[alive], tokens, steps)  # cut off at the length limit
     tokens = tokens[:, :steps]
     return Decoded(tokens, None if logprobs is None else logprobs[:, :steps], finished)
+
+
+def buffer_cache(cache: Any, rows: Tensor, capacity: int) -> bool:
+    """Move a freshly prefilled transformers ``DynamicCache`` into preallocated buffers:
+    each layer's keys and values ``[U, H, P, D]`` are copied, rows ``rows`` (``[N]``,
+    indices into the ``U`` prompts) in that order, into buffers ``[N, H, capacity, D]``,
+    and the layer becomes a ``BufferedLayer`` (:class:`BufferedLayerMixin`). Returns whether it did; ``False``
+    (the cache untouched) for a transformers without per-layer cache objects (before
+    4.56) or a cache with any layer that is not a plain ``DynamicLayer`` (sliding window,
+    linear attention, quantized, ...)."""
+    layer_class = _buffered_layer_class()
+    if layer_class is None or not getattr(cache, "layers", None):
+        return False
+    plain = layer_class.__bases__[1]  # the installed transformers' DynamicLayer
+    if getattr(cache, "offloading", False) or any(type(layer) is not plain or not layer.is_initialized
+                                                  for layer in cache.layers):
+        return False
+    cache.layers = [layer_class(layer.keys, layer.values, rows, capacity) for layer in cache.layers]
+    return True
+
+
+_BUFFERED: list[Any] = []
+
+
+def _buffered_layer_class() -> Any:
+    """``BufferedLayer`` (:class:`BufferedLayerMixin` over the installed transformers'
+    ``DynamicLayer``), built on first use; ``None`` where transformers has no
+    ``DynamicLayer``."""
+    if not _BUFFERED:
+        try:
+            from transformers.cache_utils import DynamicLayer
+        except ImportError:
+            _BUFFERED.append(None)
+        else:
+            _BUFFERED.append(type("BufferedLayer", (BufferedLayerMixin, DynamicLayer), {}))
+    return _BUFFERED[0]
+
+
+class BufferedLayerMixin:
+    """What makes ``BufferedLayer`` out of transformers' ``DynamicLayer``: ``keys``
+    and ``values`` are views ``[:, :, :length]`` of buffers ``[N, H, capacity, D]``:
+    ``update`` writes the new tokens' states into the next columns (no copy of the
+    cache), ``reorder_cache`` selects rows of the buffers. It lives inside one
+    :func:`decode` call, which never asks it to crop or grow past ``capacity``."""
+
+    def __init__(self, keys: Tensor, values: Tensor, rows: Tensor, capacity: int) -> None:
+        self.is_initialized = True
+        self.device, self.length = keys.device, keys.shape[-2]
+        self.key_buffer = _buffer(keys, rows, capacity)
+        self.value_buffer = _buffer(values, rows, capacity)
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeError(f"the decode's KV buffers hold {self.key_buffer.shape[-2]} positions; "
+                               f"writing up to {end}")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def reorder_cache(self, rows: Tensor) -> None:
+        self.key_buffer = self.key_buffer.index_select(0, rows)
+        self.value_buffer = self.value_buffer.index_select(0, rows)
+        self._views()
+
+
+def _buffer(states: Tensor, rows: Tensor, capacity: int) -> Tensor:
+    """``states[rows]`` in the first columns of an uninitialised ``[N, H, capacity, D]``."""
+    buffer = states.new_empty(rows.shape[0], states.shape[1], capacity, states.shape[3])
+    buffer[:, :, : states.shape[2]] = states.index_select(0, rows)
+    return buffer
 
 
 def _report(on_finished: RowsFinished, rows: Tensor, tokens: Tensor, length: int) -> None:
