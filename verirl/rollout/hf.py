@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from verirl.rollout.base import Finished, RolloutBatch, SamplingConfig, concat_batches
-from verirl.rollout.decode import can_decode, decode
+from verirl.rollout.decode import KeptBuffers, can_decode, decode
 
 log = logging.getLogger("verirl.rollout.hf")
 
@@ -52,13 +52,17 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
+        # the loop's KV buffers, kept between calls on a CPU, where new memory faults on
+        # first touch (on a GPU the caching allocator reuses freed blocks anyway)
+        self.kept_buffers = KeptBuffers()
 
     def sync_weights(self, state_dict: Any = None) -> None:
         """Nothing to do: the engine samples from the trainer's own model object."""
         return None
 
     def sleep(self) -> None:
-        """Nothing to free: the engine holds no memory of its own between calls."""
+        """Nothing to free: on a GPU the engine holds no memory of its own between
+        calls; on a CPU it keeps the loop's KV buffers (:class:`KeptBuffers`)."""
         return None
 
     @torch.no_grad()
@@ -105,7 +109,8 @@ class HFEngine:
                 len(index), device=index.device)
         out = decode(self.model, prompt_ids, prompt_mask, index, sampling.max_new_tokens, sampling.temperature,
                      sampling.top_p, self.eos_ids, tok.pad_token_id, compact_frac=self.compact_frac,
-                     on_finished=finished_rows)
+                     on_finished=finished_rows,
+                     kept=self.kept_buffers if prompt_ids.device.type == "cpu" else None)
         mask, finished = completion_mask(out.tokens, self.eos_ids)
         logprobs = None if out.logprobs is None else out.logprobs * mask
         return RolloutBatch(prompt_ids[index], prompt_mask[index], out.tokens, mask, logprobs,
