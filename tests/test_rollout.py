@@ -121,7 +121,7 @@ def test_dropping_finished_rows_changes_no_sample(tiny, prompts, compact_frac):
 
 
 def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preallocate, top_p=1.0, kept=None,
-                 max_new_tokens=40):
+                 max_new_tokens=40, ready_masks=True):
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     index = torch.arange(len(prompts)).repeat_interleave(n)
     ids, mask = enc.input_ids, enc.attention_mask
@@ -129,20 +129,25 @@ def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preal
         ids, mask, index = ids[index], mask[index], torch.arange(len(index))
     torch.manual_seed(3)
     return decode(model, ids, mask, index, max_new_tokens, temperature, top_p, [tok.eos_token_id],
-                  tok.pad_token_id, compact_frac=compact_frac, preallocate=preallocate, kept=kept)
+                  tok.pad_token_id, compact_frac=compact_frac, preallocate=preallocate, kept=kept,
+                  ready_masks=ready_masks)
 
 
+@pytest.mark.parametrize("ready_masks", [True, False])
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("compact_frac", [0.0, 0.25, 1.0])
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.8, 0.7)])
-def test_preallocated_kv_buffers_give_the_concatenating_caches_samples(tiny, prompts, temperature, top_p,
-                                                                       compact_frac, share):
+def test_lean_decode_paths_give_the_plain_loops_samples(tiny, prompts, temperature, top_p, compact_frac, share,
+                                                        ready_masks):
     """Writing the KV cache into buffers sized for the whole decode (views of their
-    filled prefix into attention) gives transformers' concatenating cache's tokens and
-    log-probs, whatever rows leave the batch when, with and without the shared prefill."""
+    filled prefix into attention) and handing the model its 4-D attention mask
+    ready-made give the tokens and log-probs of transformers' concatenating cache with
+    the 2-D mask, whatever rows leave the batch when, with and without the shared prefill."""
     model, tok = tiny
-    grown = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=False, top_p=top_p)
-    buffered = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=True, top_p=top_p)
+    grown = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=False, top_p=top_p,
+                         ready_masks=False)
+    buffered = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=True, top_p=top_p,
+                            ready_masks=ready_masks)
     assert torch.equal(grown.tokens, buffered.tokens)
     assert torch.equal(grown.finished, buffered.finished)
     if temperature:
@@ -160,6 +165,27 @@ def test_kept_buffers_reused_across_calls_change_no_sample(tiny, prompts):
         assert torch.equal(fresh.tokens, reused.tokens)
         torch.testing.assert_close(reused.logprobs, fresh.logprobs, rtol=1e-5, atol=1e-5)
     assert kept._buffers  # they were used
+
+
+def test_the_tiny_model_takes_its_decode_masks_ready_made(tiny):
+    """The ready-made mask is the path taken for an SDPA Llama on a transformers with
+    masking_utils; eager attention (which adds its mask) and sliding-window layers are not."""
+    import copy
+
+    from verirl.rollout.decode import takes_ready_mask
+
+    try:
+        import transformers.masking_utils  # noqa: F401
+    except ImportError:
+        pytest.skip("this transformers has no masking_utils: the model builds every mask")
+    model, _ = tiny
+    assert takes_ready_mask(model)
+    eager = copy.deepcopy(model)
+    eager.config._attn_implementation = "eager"
+    assert not takes_ready_mask(eager)
+    windowed = copy.deepcopy(model)
+    windowed.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    assert not takes_ready_mask(windowed)
 
 
 def test_preallocated_buffers_are_used_with_the_installed_transformers(tiny, prompts):

@@ -39,6 +39,7 @@ from verirl.advantages import PROCESS_ESTIMATORS, AdvantageInputs, get_advantage
 from verirl.batching import chunks, micro_batch_rows, minibatches, rows_to_run
 from verirl.checkpoint import latest_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from verirl.config import BATCH_COUPLED_LOSSES, Config, save_config
+from verirl.cpu_memory import keep_freed_memory
 from verirl.data import Problem, ProblemStream, build_prompt, load_problems
 from verirl.evaluation import evaluate
 from verirl.guard import guard_step
@@ -137,6 +138,8 @@ class Trainer:
         check_model_source(c.model.name_or_path)
         check_backends(c.train.report_to)
         self.device = pick_device(device_name)
+        if self.device.type == "cpu" and c.train.keep_freed_memory:
+            keep_freed_memory()
         seed_everything(c.train.seed)
 
         d = c.data

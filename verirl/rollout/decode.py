@@ -2,7 +2,7 @@
 own forward, for the small batches and models of CPU runs, where ``generate``'s
 per-token bookkeeping costs as much as the model.
 
-What it does differently from ``generate`` (same model calls, same KV cache object):
+What it does differently from ``generate`` (the same model calls):
 
 - each distinct prompt is prefilled once and its KV cache copied to its ``n`` rows;
 - the KV cache is written into buffers sized for the whole decode (prompt + the length
@@ -11,6 +11,11 @@ What it does differently from ``generate`` (same model calls, same KV cache obje
   (:func:`buffer_cache`; a cache of another kind is used as it is);
 - rows that finished are dropped from the batch (their KV cache rows with them) once
   they are ``compact_frac`` of it, so the model stops computing tokens nobody keeps;
+  live rows from the end of the batch take their places, so only those rows move
+  (:func:`fill_from_the_end`);
+- the step's attention mask is handed to a model that takes it ready-made as a view of
+  one ``[N, 1, 1, P + T]`` boolean tensor (:func:`takes_ready_mask`), instead of the
+  model building it from the 2-D mask at every token;
 - sampling draws one uniform number per original row and step from torch's global RNG
   and inverts the cumulative distribution (``searchsorted``), instead of
   ``torch.multinomial``: the same distribution, far cheaper on a CPU, and the samples
@@ -98,7 +103,7 @@ def choose_tokens(logits: Tensor, temperature: float, top_p: float, uniform: Ten
 def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, *,
            compact_frac: float = 0.25, on_finished: RowsFinished | None = None, preallocate: bool = True,
-           kept: KeptBuffers | None = None) -> Decoded:
+           kept: KeptBuffers | None = None, ready_masks: bool = True) -> Decoded:
     """Sample (or, at ``temperature == 0``, greedily decode) up to ``max_new_tokens``
     tokens for ``N = len(index)`` rows, row ``i`` continuing prompt ``index[i]`` of the
     ``U`` left-padded ``prompt_ids`` ``[U, P]``. The model must pass :func:`can_decode`;
@@ -109,6 +114,8 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     (:func:`buffer_cache`); off, transformers' cache grows by concatenation. The tokens
     and log-probs are the same either way. ``kept``: where the buffers come from and
     stay for the next call (:class:`KeptBuffers`; ``None``: allocated for this call).
+    ``ready_masks``: hand a model that takes one (:func:`takes_ready_mask`) each step's
+    4-D attention mask ready-made; the samples are the same either way.
 
     The loop runs under ``torch.inference_mode`` (no autograd bookkeeping per op: 12 % of
     the loop's time on the tiny model); its outputs are copied out of it, so they are
@@ -116,13 +123,14 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     """
     with torch.inference_mode():
         out = _decode(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, eos_ids, pad_id,
-                      compact_frac, on_finished, preallocate, kept)
+                      compact_frac, on_finished, preallocate, kept, ready_masks)
     return Decoded(out.tokens.clone(), None if out.logprobs is None else out.logprobs.clone(), out.finished.clone())
 
 
 def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
             temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, compact_frac: float,
-            on_finished: RowsFinished | None, preallocate: bool, kept: KeptBuffers | None) -> Decoded:
+            on_finished: RowsFinished | None, preallocate: bool, kept: KeptBuffers | None,
+            ready_masks: bool) -> Decoded:
     from verirl.models import _takes_logits_to_keep, cache_kwarg_name, prompt_cache
 
     device = prompt_ids.device
@@ -142,8 +150,12 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
     rows = torch.arange(N, device=device)  # batch row → output row
     alive = torch.ones(N, dtype=torch.bool, device=device)
     P = prompt_mask.shape[1]
-    # the attention mask of every step: the prompt's, then one column per new token
+    # the attention mask of every step: the prompt's, then one column per new token; as
+    # the [N, 1, 1, L] boolean mask attention reads where the model takes one (a view
+    # per step, instead of the model building it from the 2-D mask at every token)
     mask = torch.cat([prompt_mask[index], torch.ones(N, T, dtype=prompt_mask.dtype, device=device)], dim=1)
+    if ready_masks and takes_ready_mask(model):
+        mask = mask.bool()[:, None, None, :]
     start = prompt_mask.sum(-1)[index]  # the first new token's position: the prompt's length
     steps = 0
     for t in range(T):
@@ -166,13 +178,32 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
             keep = fill_from_the_end(alive)
             cache.reorder_cache(keep)
             rows, alive, nxt, mask, start = rows[keep], alive[keep], nxt[keep], mask[keep], start[keep]
-        step = model(input_ids=nxt.unsqueeze(1), attention_mask=mask[:, : P + t + 1],
+        step = model(input_ids=nxt.unsqueeze(1), attention_mask=mask[..., : P + t + 1],
                      position_ids=(start + t).unsqueeze(1), use_cache=True, **head, **{cache_kwarg: cache})
         logits = step.logits[:, -1]
     if on_finished is not None and alive.any():
         _report(on_finished, rows[alive], tokens, steps)  # cut off at the length limit
     tokens = tokens[:, :steps]
     return Decoded(tokens, None if logprobs is None else logprobs[:, :steps], finished)
+
+
+def takes_ready_mask(model: Any) -> bool:
+    """Whether ``model`` can be given its decode steps' attention mask ready-made, as the
+    ``[N, 1, 1, L]`` boolean tensor (True: attend) its attention reads: a transformers
+    with ``masking_utils`` (which passes a 4-D mask through untouched), SDPA attention
+    (which takes a boolean mask; eager attention adds its mask), and every layer full
+    attention (one mask serves all layers; a sliding-window layer needs its own)."""
+    try:
+        import transformers.masking_utils  # noqa: F401
+    except ImportError:
+        return False
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or all(kind == "full_attention" for kind in layer_types)
 
 
 def fill_from_the_end(alive: Tensor) -> Tensor:
@@ -314,8 +345,4 @@ def _buffer(states: Tensor, rows: Tensor, capacity: int, kept: KeptBuffers | Non
 
 def _report(on_finished: RowsFinished, rows: Tensor, tokens: Tensor, length: int) -> None:
     """Hand the rows' completions so far (up to and including their EOS) to the callback."""
-    ids = []
-    for row in rows.tolist():
-        seq = tokens[row, :length].tolist()
-        ids.append(seq)
-    on_finished(rows.tolist(), ids)
+    on_finished(rows.tolist(), tokens[rows, :length].tolist())
