@@ -72,17 +72,29 @@ def timed_rounds(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, 
             seconds[name].append(time.perf_counter() - start)
             tokens[name].append(n)
     out = {}
+    first = next(iter(runs))
     for name in runs:
         s, n = statistics.median(seconds[name]), statistics.median(tokens[name])
+        # against the first engine, round by round: both ran back to back from the same
+        # seed, so a load spike hits both and the median difference is the steadier figure
+        paired = statistics.median(a - b for a, b in zip(seconds[name], seconds[first]))
         out[name] = {"s_per_batch": s, "tokens_per_batch": n, "tokens_per_s": n / s,
-                     "s_min": min(seconds[name]), "s_max": max(seconds[name])}
+                     "s_min": min(seconds[name]), "s_max": max(seconds[name]), "paired_delta_s": paired}
     return out
 
 
+#: ``--loop-ablation``: hf-loop with one of its savings turned off (HFEngine's switches)
+LOOP_ABLATION = {
+    "hf-loop, mask built by the model": {"ready_masks": False},
+    "hf-loop, concatenating KV cache": {"preallocate": False},
+}
+
+
 def hf_runs(model: Any, tokenizer: Any, prompts: list[str], sampling: Any, engines: Sequence[str],
-            compact_fracs: Sequence[float]) -> dict[str, Callable[[], int]]:
+            compact_fracs: Sequence[float], loop_ablation: bool = False) -> dict[str, Callable[[], int]]:
     """The HF engine's runs: ``hf-loop`` once per ``compact_fracs`` value (named
-    ``hf-loop@f`` when there are several), ``hf-generate``."""
+    ``hf-loop@f`` when there are several), with ``loop_ablation`` also once per entry of
+    :data:`LOOP_ABLATION`; ``hf-generate``."""
     from verirl.rollout.hf import HFEngine
 
     engines_here = {}
@@ -91,6 +103,10 @@ def hf_runs(model: Any, tokenizer: Any, prompts: list[str], sampling: Any, engin
             for frac in compact_fracs:
                 label = name if len(compact_fracs) == 1 else f"{name}@{frac:g}"
                 engines_here[label] = HFEngine(model, tokenizer, decoder="loop", compact_frac=frac)
+            if loop_ablation:
+                for label, switches in LOOP_ABLATION.items():
+                    engines_here[label] = HFEngine(model, tokenizer, decoder="loop", compact_frac=compact_fracs[0],
+                                                   **switches)
         elif name == "hf-generate":
             engines_here[name] = HFEngine(model, tokenizer, decoder="generate")
     return {name: (lambda e: lambda: int(e.generate(prompts, sampling).completion_mask.sum()))(engine)
@@ -135,13 +151,16 @@ def vllm_runs(args: argparse.Namespace, model: Any, tokenizer: Any, prompts: lis
 
 def markdown_table(results: dict[str, dict[str, float]], skipped: dict[str, str], header: dict[str, Any]) -> str:
     best = max((r["tokens_per_s"] for r in results.values()), default=0.0)
-    lines = ["| engine | s / batch (median) | range | generated tokens / batch | tokens / s | vs fastest |",
-             "|---|---:|---:|---:|---:|---:|"]
+    first = next(iter(results), "")
+    lines = [f"| engine | s / batch (median) | range | Δ s vs {first} (median of rounds) | generated tokens / batch "
+             "| tokens / s | vs fastest |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['s_per_batch']:.3f} | {r['s_min']:.3f}–{r['s_max']:.3f} | "
-                     f"{r['tokens_per_batch']:.0f} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / best:.2f} |")
+                     f"{r['paired_delta_s']:+.3f} | {r['tokens_per_batch']:.0f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['tokens_per_s'] / best:.2f} |")
     for name, why in skipped.items():
-        lines.append(f"| {name} | n/a | | | | {why[:90]} |")
+        lines.append(f"| {name} | n/a | | | | | {why[:90]} |")
     return "\n".join(lines)
 
 
@@ -161,6 +180,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compact-frac", default="0.25",
                    help="hf-loop: comma-separated fractions of finished rows at which the batch is compacted "
                         "(1: never), one hf-loop run each")
+    p.add_argument("--loop-ablation", action="store_true",
+                   help="hf-loop: also once with each of its savings off (ready-made masks, KV buffers), "
+                        "at the first --compact-frac")
+    p.add_argument("--keep-freed-memory", default="on", choices=["on", "off"],
+                   help="CPU: glibc keeps freed memory for reuse, as the trainer sets it (train.keep_freed_memory)")
     p.add_argument("--device", default="auto", help="device of the HF engines (auto: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -189,13 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = pick_device(args.device, "--device")
+    if device.type == "cpu" and args.keep_freed_memory == "on":
+        from verirl.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()  # as the trainer does (train.keep_freed_memory)
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, args.dtype, device).eval()
     prompts = load_prompts(args, tokenizer)
     sampling = SamplingConfig(args.group_size, args.max_new_tokens, args.temperature, args.top_p)
     engines = args.engines.split(",")
     started = time.perf_counter()
-    runs = hf_runs(model, tokenizer, prompts, sampling, engines, [float(f) for f in args.compact_frac.split(",")])
+    runs = hf_runs(model, tokenizer, prompts, sampling, engines, [float(f) for f in args.compact_frac.split(",")],
+                   args.loop_ablation)
     more, why = vllm_runs(args, model, tokenizer, prompts, sampling, engines)
     runs.update(more)
     skipped = {e: why for e in engines if e.startswith("vllm") and e not in runs and why}
@@ -204,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = {"model": args.model, "device": str(device), "threads": args.threads, "prompts": args.prompts,
               "group_size": args.group_size, "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
               "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-              "repeats": args.repeats, "compact_frac": args.compact_frac, "torch": torch.__version__}
+              "repeats": args.repeats, "compact_frac": args.compact_frac, "torch": torch.__version__,
+              "keep_freed_memory": args.keep_freed_memory}
     table = markdown_table(results, skipped, header)
     print(f"rollout throughput: {args.model} on {device} ({args.threads} thread(s)), {args.prompts} prompts × "
           f"G={args.group_size}, prompts {header['prompt_tokens_mean']:.0f} tokens (mean), ≤{args.max_new_tokens} "

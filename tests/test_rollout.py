@@ -10,7 +10,7 @@ from verirl.models import _takes_logits_to_keep, completion_logits
 from verirl.rollout import make_engine
 from verirl.rollout.base import SamplingConfig
 from verirl.models import prompt_cache
-from verirl.rollout.decode import KeptBuffers, buffer_cache, choose_tokens, decode
+from verirl.rollout.decode import buffer_cache, choose_tokens, decode
 from verirl.rollout.hf import DECODERS, HFEngine, completion_mask, prefill_shared
 from verirl.tiny import tasks, tiny_model_path
 from verirl.verifier import ConfigError
@@ -120,7 +120,7 @@ def test_dropping_finished_rows_changes_no_sample(tiny, prompts, compact_frac):
     torch.testing.assert_close(dropped.logprobs[valid], keep_all.logprobs[valid], rtol=1e-5, atol=1e-5)
 
 
-def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preallocate, top_p=1.0, kept=None,
+def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preallocate, top_p=1.0,
                  max_new_tokens=40, ready_masks=True):
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     index = torch.arange(len(prompts)).repeat_interleave(n)
@@ -129,8 +129,7 @@ def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preal
         ids, mask, index = ids[index], mask[index], torch.arange(len(index))
     torch.manual_seed(3)
     return decode(model, ids, mask, index, max_new_tokens, temperature, top_p, [tok.eos_token_id],
-                  tok.pad_token_id, compact_frac=compact_frac, preallocate=preallocate, kept=kept,
-                  ready_masks=ready_masks)
+                  tok.pad_token_id, compact_frac=compact_frac, preallocate=preallocate, ready_masks=ready_masks)
 
 
 @pytest.mark.parametrize("ready_masks", [True, False])
@@ -154,17 +153,15 @@ def test_lean_decode_paths_give_the_plain_loops_samples(tiny, prompts, temperatu
         torch.testing.assert_close(buffered.logprobs, grown.logprobs, rtol=1e-5, atol=1e-5)
 
 
-def test_kept_buffers_reused_across_calls_change_no_sample(tiny, prompts):
-    """Buffers kept from earlier decodes (larger, smaller, then larger again; their
-    stale contents left in place) give the samples of freshly allocated ones."""
+@pytest.mark.parametrize("switches", [{"preallocate": False}, {"ready_masks": False}])
+def test_engine_switches_of_the_loop_change_no_sample(tiny, prompts, switches):
+    """HFEngine's switches for measuring the loop's savings leave its samples alone."""
     model, tok = tiny
-    kept = KeptBuffers()
-    for subset, n, length in ((prompts, 4, 40), (prompts[1:3], 2, 12), (prompts[::-1], 5, 48)):
-        fresh = _decode_rows(model, tok, subset, n, 1.0, 0.25, True, True, max_new_tokens=length)
-        reused = _decode_rows(model, tok, subset, n, 1.0, 0.25, True, True, kept=kept, max_new_tokens=length)
-        assert torch.equal(fresh.tokens, reused.tokens)
-        torch.testing.assert_close(reused.logprobs, fresh.logprobs, rtol=1e-5, atol=1e-5)
-    assert kept._buffers  # they were used
+    full, ablated = HFEngine(model, tok), HFEngine(model, tok, **switches)
+    for seed in (0, 1):
+        a, b = sample(full, prompts, 3, 1.0, seed=seed), sample(ablated, prompts, 3, 1.0, seed=seed)
+        assert torch.equal(a.completion_ids, b.completion_ids)
+        torch.testing.assert_close(b.logprobs, a.logprobs, rtol=1e-5, atol=1e-5)
 
 
 def test_the_tiny_model_takes_its_decode_masks_ready_made(tiny):

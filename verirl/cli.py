@@ -305,6 +305,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         problems = problems[: args.limit]
     device = pick_device(args.device, what="--device")
+    if device.type == "cpu":
+        from verirl.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()  # as training does: no page faults on each batch's fresh KV buffers
     tokenizer = load_tokenizer(args.model, what="--model")
     model = load_causal_lm(args.model, "bfloat16" if device.type == "cuda" else "float32", device, what="--model")
     model.eval()

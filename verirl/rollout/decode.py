@@ -103,7 +103,7 @@ def choose_tokens(logits: Tensor, temperature: float, top_p: float, uniform: Ten
 def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, *,
            compact_frac: float = 0.25, on_finished: RowsFinished | None = None, preallocate: bool = True,
-           kept: KeptBuffers | None = None, ready_masks: bool = True) -> Decoded:
+           ready_masks: bool = True) -> Decoded:
     """Sample (or, at ``temperature == 0``, greedily decode) up to ``max_new_tokens``
     tokens for ``N = len(index)`` rows, row ``i`` continuing prompt ``index[i]`` of the
     ``U`` left-padded ``prompt_ids`` ``[U, P]``. The model must pass :func:`can_decode`;
@@ -112,8 +112,7 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     once they are more than ``compact_frac`` of it (0: as soon as any finishes; 1: never).
     ``preallocate``: write the KV cache into buffers sized for the whole decode
     (:func:`buffer_cache`); off, transformers' cache grows by concatenation. The tokens
-    and log-probs are the same either way. ``kept``: where the buffers come from and
-    stay for the next call (:class:`KeptBuffers`; ``None``: allocated for this call).
+    and log-probs are the same either way.
     ``ready_masks``: hand a model that takes one (:func:`takes_ready_mask`) each step's
     4-D attention mask ready-made; the samples are the same either way.
 
@@ -123,14 +122,13 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     """
     with torch.inference_mode():
         out = _decode(model, prompt_ids, prompt_mask, index, max_new_tokens, temperature, top_p, eos_ids, pad_id,
-                      compact_frac, on_finished, preallocate, kept, ready_masks)
+                      compact_frac, on_finished, preallocate, ready_masks)
     return Decoded(out.tokens.clone(), None if out.logprobs is None else out.logprobs.clone(), out.finished.clone())
 
 
 def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, max_new_tokens: int,
             temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, compact_frac: float,
-            on_finished: RowsFinished | None, preallocate: bool, kept: KeptBuffers | None,
-            ready_masks: bool) -> Decoded:
+            on_finished: RowsFinished | None, preallocate: bool, ready_masks: bool) -> Decoded:
     from verirl.models import _takes_logits_to_keep, cache_kwarg_name, prompt_cache
 
     device = prompt_ids.device
@@ -138,7 +136,7 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
     head = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     out, cache = prompt_cache(model, prompt_ids, prompt_mask, **head)
     logits = out.logits[:, -1][index]
-    if not (preallocate and buffer_cache(cache, index, prompt_ids.shape[1] + T, kept)) and (
+    if not (preallocate and buffer_cache(cache, index, prompt_ids.shape[1] + T)) and (
             index.shape[0] != prompt_ids.shape[0] or not torch.equal(index, torch.arange(N, device=device))):
         cache.reorder_cache(index)
     cache_kwarg = cache_kwarg_name(model)
@@ -218,35 +216,7 @@ def fill_from_the_end(alive: Tensor) -> Tensor:
     return keep
 
 
-class KeptBuffers:
-    """The KV buffers of :func:`buffer_cache`, kept from one decode to the next (one
-    key and one value buffer per layer, grown to the largest request). On a CPU a
-    freshly allocated multi-MB tensor is new memory from the OS, and the first write
-    into each of its pages faults: filling fresh buffers cost three times as much as
-    filling kept ones, as much as the per-token concatenation they replace. The buffers
-    are uninitialised scratch; a decode only reads what it has written."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[int, str], Tensor] = {}
-
-    def take(self, layer: int, kind: str, like: Tensor, rows: int, capacity: int) -> Tensor:
-        """A ``[rows, H, capacity, D]`` view (``H``, ``D``, dtype and device of ``like``)
-        of the kept buffer for ``(layer, kind)``, replaced by a larger one when it is
-        too small."""
-        H, D = like.shape[1], like.shape[3]
-        buffer = self._buffers.get((layer, kind))
-        if (buffer is None or buffer.dtype != like.dtype or buffer.device != like.device
-                or buffer.shape[1] != H or buffer.shape[3] != D or buffer.shape[0] < rows or buffer.shape[2] < capacity):
-            old_rows, old_capacity = (0, 0) if buffer is None else (buffer.shape[0], buffer.shape[2])
-            buffer = like.new_empty(max(rows, old_rows), H, max(capacity, old_capacity), D)
-            self._buffers[(layer, kind)] = buffer
-        return buffer[:rows, :, :capacity]
-
-    def clear(self) -> None:
-        self._buffers.clear()
-
-
-def buffer_cache(cache: Any, rows: Tensor, capacity: int, kept: KeptBuffers | None = None) -> bool:
+def buffer_cache(cache: Any, rows: Tensor, capacity: int) -> bool:
     """Move a freshly prefilled transformers ``DynamicCache`` into preallocated buffers:
     each layer's keys and values ``[U, H, P, D]`` are copied, rows ``rows`` (``[N]``,
     indices into the ``U`` prompts) in that order, into buffers ``[N, H, capacity, D]``,
@@ -261,8 +231,7 @@ def buffer_cache(cache: Any, rows: Tensor, capacity: int, kept: KeptBuffers | No
     if getattr(cache, "offloading", False) or any(type(layer) is not plain or not layer.is_initialized
                                                   for layer in cache.layers):
         return False
-    cache.layers = [layer_class(layer.keys, layer.values, rows, capacity, kept, i)
-                    for i, layer in enumerate(cache.layers)]
+    cache.layers = [layer_class(layer.keys, layer.values, rows, capacity) for layer in cache.layers]
     return True
 
 
@@ -292,12 +261,11 @@ class BufferedLayerMixin:
     buffers. It lives inside one :func:`decode` call, which never asks it to crop or
     grow past ``capacity``."""
 
-    def __init__(self, keys: Tensor, values: Tensor, rows: Tensor, capacity: int, kept: KeptBuffers | None = None,
-                 layer: int = 0) -> None:
+    def __init__(self, keys: Tensor, values: Tensor, rows: Tensor, capacity: int) -> None:
         self.is_initialized = True
         self.device, self.length = keys.device, keys.shape[-2]
-        self.key_buffer = _buffer(keys, rows, capacity, kept, layer, "keys")
-        self.value_buffer = _buffer(values, rows, capacity, kept, layer, "values")
+        self.key_buffer = _buffer(keys, rows, capacity)
+        self.value_buffer = _buffer(values, rows, capacity)
         self._views()
 
     def _views(self) -> None:
@@ -332,13 +300,11 @@ class BufferedLayerMixin:
         self._views()
 
 
-def _buffer(states: Tensor, rows: Tensor, capacity: int, kept: KeptBuffers | None, layer: int, kind: str) -> Tensor:
-    """``states[rows]`` in the first columns of an uninitialised ``[N, H, capacity, D]``
-    (a kept buffer's view, or a new one)."""
-    if kept is None:
-        buffer = states.new_empty(rows.shape[0], states.shape[1], capacity, states.shape[3])
-    else:
-        buffer = kept.take(layer, kind, states, rows.shape[0], capacity)
+def _buffer(states: Tensor, rows: Tensor, capacity: int) -> Tensor:
+    """``states[rows]`` in the first columns of an uninitialised ``[N, H, capacity, D]``.
+    (On a CPU, fresh memory for it page-faults unless the allocator keeps freed memory:
+    :func:`verirl.cpu_memory.keep_freed_memory`, which the trainer sets.)"""
+    buffer = states.new_empty(rows.shape[0], states.shape[1], capacity, states.shape[3])
     buffer[:, :, : states.shape[2]] = states.index_select(0, rows)
     return buffer
 

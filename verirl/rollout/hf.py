@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from verirl.rollout.base import Finished, RolloutBatch, SamplingConfig, concat_batches
-from verirl.rollout.decode import KeptBuffers, can_decode, decode
+from verirl.rollout.decode import can_decode, decode
 
 log = logging.getLogger("verirl.rollout.hf")
 
@@ -34,10 +34,16 @@ class HFEngine:
 
     ``compact_frac``: the loop drops finished rows from the batch once they are more than
     this fraction of it (0.25 measured fastest on the tiny model; see
-    ``benchmarks/rollout_throughput.py``)."""
+    ``benchmarks/rollout_throughput.py``).
+
+    ``preallocate``, ``ready_masks``: the loop's KV cache in buffers sized for the whole
+    decode, each step's attention mask handed over ready-made
+    (:func:`~verirl.rollout.decode.decode`). Both on by default; off only to measure
+    what each saves (the samples are the same)."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 0, share_prompts: bool = True,
-                 decoder: str = "loop", compact_frac: float = 0.25):
+                 decoder: str = "loop", compact_frac: float = 0.25, preallocate: bool = True,
+                 ready_masks: bool = True):
         if decoder not in DECODERS:
             raise ValueError(f"unknown HF decoder {decoder!r}; choose one of {list(DECODERS)}")
         self.model = model
@@ -52,17 +58,15 @@ class HFEngine:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
-        # the loop's KV buffers, kept between calls on a CPU, where new memory faults on
-        # first touch (on a GPU the caching allocator reuses freed blocks anyway)
-        self.kept_buffers = KeptBuffers()
+        self.preallocate = preallocate
+        self.ready_masks = ready_masks
 
     def sync_weights(self, state_dict: Any = None) -> None:
         """Nothing to do: the engine samples from the trainer's own model object."""
         return None
 
     def sleep(self) -> None:
-        """Nothing to free: on a GPU the engine holds no memory of its own between
-        calls; on a CPU it keeps the loop's KV buffers (:class:`KeptBuffers`)."""
+        """Nothing to free: the engine holds no memory of its own between calls."""
         return None
 
     @torch.no_grad()
@@ -109,8 +113,7 @@ class HFEngine:
                 len(index), device=index.device)
         out = decode(self.model, prompt_ids, prompt_mask, index, sampling.max_new_tokens, sampling.temperature,
                      sampling.top_p, self.eos_ids, tok.pad_token_id, compact_frac=self.compact_frac,
-                     on_finished=finished_rows,
-                     kept=self.kept_buffers if prompt_ids.device.type == "cpu" else None)
+                     on_finished=finished_rows, preallocate=self.preallocate, ready_masks=self.ready_masks)
         mask, finished = completion_mask(out.tokens, self.eos_ids)
         logprobs = None if out.logprobs is None else out.logprobs * mask
         return RolloutBatch(prompt_ids[index], prompt_mask[index], out.tokens, mask, logprobs,
