@@ -164,6 +164,26 @@ def test_engine_switches_of_the_loop_change_no_sample(tiny, prompts, switches):
         torch.testing.assert_close(b.logprobs, a.logprobs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_lean_decode_paths_with_grouped_query_attention(tiny, prompts, temperature):
+    """The same with a model whose attention shares key/value heads (GQA: transformers
+    packs the mask or repeats the keys), built offline with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tok = tiny
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval()
+    plain = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=False, ready_masks=False)
+    lean = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=True, ready_masks=True)
+    assert torch.equal(plain.tokens, lean.tokens)
+    if temperature:
+        torch.testing.assert_close(lean.logprobs, plain.logprobs, rtol=1e-5, atol=1e-5)
+
+
 def test_the_tiny_model_takes_its_decode_masks_ready_made(tiny):
     """The ready-made mask is the path taken for an SDPA Llama on a transformers with
     masking_utils; eager attention (which adds its mask) and sliding-window layers are not."""
