@@ -4,6 +4,7 @@ page faults in a fresh interpreter."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -36,6 +37,8 @@ def _faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(not glibc(), reason="not Linux with glibc: there is no mallopt to call")
+@pytest.mark.skipif(bool(os.environ.get("LD_PRELOAD")) or any(k.startswith("MALLOC_") for k in os.environ),
+                    reason="the allocator is preloaded or tuned through MALLOC_* here: the default is not glibc's")
 def test_kept_memory_is_reused_without_page_faults():
     """By default the freed tensors' memory (36-72 MiB a round) goes back to the OS
     and later rounds fault on its pages again (~115,000 faults here); with the

@@ -121,14 +121,14 @@ def test_dropping_finished_rows_changes_no_sample(tiny, prompts, compact_frac):
 
 
 def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preallocate, top_p=1.0,
-                 max_new_tokens=40, ready_masks=True):
+                 max_new_tokens=40, ready_masks=True, eos_ids=None):
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     index = torch.arange(len(prompts)).repeat_interleave(n)
     ids, mask = enc.input_ids, enc.attention_mask
     if not share:
         ids, mask, index = ids[index], mask[index], torch.arange(len(index))
     torch.manual_seed(3)
-    return decode(model, ids, mask, index, max_new_tokens, temperature, top_p, [tok.eos_token_id],
+    return decode(model, ids, mask, index, max_new_tokens, temperature, top_p, eos_ids or [tok.eos_token_id],
                   tok.pad_token_id, compact_frac=compact_frac, preallocate=preallocate, ready_masks=ready_masks)
 
 
@@ -138,10 +138,10 @@ def _decode_rows(model, tok, prompts, n, temperature, compact_frac, share, preal
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.8, 0.7)])
 def test_lean_decode_paths_give_the_plain_loops_samples(tiny, prompts, temperature, top_p, compact_frac, share,
                                                         ready_masks):
-    """Writing the KV cache into buffers sized for the whole decode (views of their
-    filled prefix into attention) and handing the model its 4-D attention mask
-    ready-made give the tokens and log-probs of transformers' concatenating cache with
-    the 2-D mask, whatever rows leave the batch when, with and without the shared prefill."""
+    """Writing the KV cache into buffers (views of their filled prefix into attention)
+    and handing the model its 4-D attention mask ready-made give the tokens and
+    log-probs of transformers' concatenating cache with the 2-D mask, whatever rows
+    leave the batch when, with and without the shared prefill."""
     model, tok = tiny
     grown = _decode_rows(model, tok, prompts, 4, temperature, compact_frac, share, preallocate=False, top_p=top_p,
                          ready_masks=False)
@@ -164,6 +164,62 @@ def test_engine_switches_of_the_loop_change_no_sample(tiny, prompts, switches):
         torch.testing.assert_close(b.logprobs, a.logprobs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_new_tokens", [6, 40])
+@pytest.mark.parametrize("first_columns", [2, 64])
+def test_buffers_that_grow_and_rows_cut_at_the_limit_give_the_same_samples(tiny, prompts, monkeypatch,
+                                                                           first_columns, max_new_tokens):
+    """Buffers that start small and double (2 columns past the prompt: several
+    doublings), and rows cut off at the length limit (6 tokens: most rows), give the
+    concatenating cache's samples."""
+    import verirl.rollout.decode as decoding
+
+    model, tok = tiny
+    monkeypatch.setattr(decoding, "FIRST_COLUMNS", first_columns)
+    grown = _decode_rows(model, tok, prompts, 4, 1.0, 0.25, True, preallocate=False, ready_masks=False,
+                         max_new_tokens=max_new_tokens)
+    buffered = _decode_rows(model, tok, prompts, 4, 1.0, 0.25, True, preallocate=True,
+                            max_new_tokens=max_new_tokens)
+    assert torch.equal(grown.tokens, buffered.tokens)
+    assert torch.equal(grown.finished, buffered.finished)
+    torch.testing.assert_close(buffered.logprobs, grown.logprobs, rtol=1e-5, atol=1e-5)
+    if max_new_tokens == 6:
+        assert not buffered.finished.all()  # the length limit was reached
+
+
+def test_buffered_rows_leaving_move_and_free(tiny, prompts):
+    """Rows leaving a buffered cache: the live rows' keys are where fill_from_the_end
+    puts them; once half the rows or more have left, the keys live in new, smaller
+    buffers (the old memory is freed); a longer reordering selects rows."""
+    from transformers import cache_utils
+
+    from verirl.rollout.decode import fill_from_the_end
+
+    if not hasattr(cache_utils, "DynamicLayer"):
+        pytest.skip("this transformers has no per-layer cache objects: nothing is buffered")
+    model, tok = tiny
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    _, cache = prompt_cache(model, enc.input_ids, enc.attention_mask, logits_to_keep=1)
+    rows = torch.arange(len(prompts)).repeat_interleave(2)  # 10 rows
+    assert buffer_cache(cache, rows, enc.input_ids.shape[1] + 8)
+    layer = cache.layers[0]
+    want = layer.keys.clone()
+    alive = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)  # 3 leave: kept in place
+    keep = fill_from_the_end(alive)
+    before = layer.key_buffer.data_ptr()
+    cache.reorder_cache(keep)
+    assert torch.equal(layer.keys, want[keep]) and layer.key_buffer.data_ptr() == before
+    want = layer.keys.clone()
+    alive = torch.tensor([0, 1, 0, 0, 1, 0, 1], dtype=torch.bool)  # 4 of 7 leave: smaller buffers
+    keep = fill_from_the_end(alive)
+    cache.reorder_cache(keep)
+    assert torch.equal(layer.keys, want[keep]) and layer.key_buffer.data_ptr() != before
+    assert layer.key_buffer.shape[0] == 3
+    cache.reorder_cache(torch.tensor([2, 0, 1, 1, 0]))  # more rows than the buffers hold
+    assert torch.equal(layer.keys, want[keep][torch.tensor([2, 0, 1, 1, 0])])
+    with pytest.raises(NotImplementedError):
+        layer.crop(-1)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_lean_decode_paths_with_grouped_query_attention(tiny, prompts, temperature):
     """The same with a model whose attention shares key/value heads (GQA: transformers
@@ -177,8 +233,14 @@ def test_lean_decode_paths_with_grouped_query_attention(tiny, prompts, temperatu
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          attn_implementation="sdpa")
     model = LlamaForCausalLM(config).eval()
-    plain = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=False, ready_masks=False)
-    lean = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=True, ready_masks=True)
+    # random weights rarely say EOS: one token in 25 ends a row, so rows leave at
+    # different steps (the batch is compacted) and some run to the limit
+    stops = list(range(3, len(tok), 25))
+    plain = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=False, ready_masks=False,
+                         eos_ids=stops)
+    lean = _decode_rows(model, tok, prompts, 3, temperature, 0.25, True, preallocate=True, ready_masks=True,
+                        eos_ids=stops)
+    assert 0 < int(plain.finished.sum()) < len(plain.finished)  # some rows left the batch, some ran on
     assert torch.equal(plain.tokens, lean.tokens)
     if temperature:
         torch.testing.assert_close(lean.logprobs, plain.logprobs, rtol=1e-5, atol=1e-5)
@@ -203,6 +265,40 @@ def test_the_tiny_model_takes_its_decode_masks_ready_made(tiny):
     windowed = copy.deepcopy(model)
     windowed.config.layer_types = ["full_attention", "sliding_attention"] * 2
     assert not takes_ready_mask(windowed)
+
+
+def test_models_whose_masks_differ_build_their_own(tiny, prompts):
+    """A vision-language model whose text layers slide a window (the window lives in
+    its text config) and an ALiBi model (its biases are built from the 2-D mask) are
+    not handed a ready-made mask; both decode the same tokens as with the 2-D mask."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from verirl.rollout.decode import takes_ready_mask
+
+    if not hasattr(transformers, "Gemma3Config") or not hasattr(transformers, "FalconConfig"):
+        pytest.skip("this transformers has no Gemma 3 or Falcon")
+    torch.manual_seed(0)
+    gemma = AutoModelForCausalLM.from_config(transformers.Gemma3Config(
+        text_config=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         sliding_window=4, layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=255, boi_token_index=254, eoi_token_index=253),
+        attn_implementation="sdpa").eval()
+    falcon = AutoModelForCausalLM.from_config(transformers.FalconConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, alibi=True),
+        attn_implementation="sdpa").eval()
+    for model, vocab in ((gemma, 250), (falcon, 64)):
+        assert not takes_ready_mask(model)
+        ids = torch.randint(3, vocab, (3, 12))
+        mask = (torch.arange(12)[None] >= torch.tensor([0, 3, 6])[:, None]).long()
+        index = torch.arange(3).repeat_interleave(2)
+        plain = decode(model, ids * mask, mask, index, 10, 0.0, 1.0, [2], 0, ready_masks=False, preallocate=False)
+        lean = decode(model, ids * mask, mask, index, 10, 0.0, 1.0, [2], 0)
+        assert torch.equal(plain.tokens, lean.tokens)
 
 
 def test_preallocated_buffers_are_used_with_the_installed_transformers(tiny, prompts):

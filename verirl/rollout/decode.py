@@ -5,7 +5,7 @@ per-token bookkeeping costs as much as the model.
 What it does differently from ``generate`` (the same model calls):
 
 - each distinct prompt is prefilled once and its KV cache copied to its ``n`` rows;
-- the KV cache is written into buffers sized for the whole decode (prompt + the length
+- the KV cache is written into buffers (growing by doubling, up to prompt + the length
   limit) and attention reads views of their filled prefix, where transformers' dynamic
   cache concatenates (copies) every layer's whole cache at every token
   (:func:`buffer_cache`; a cache of another kind is used as it is);
@@ -110,9 +110,9 @@ def decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, m
     it is called as in :func:`verirl.models.shared_prompt_forward` (position ids that skip
     the left padding, an explicit cache). Rows that finish are dropped from the batch
     once they are more than ``compact_frac`` of it (0: as soon as any finishes; 1: never).
-    ``preallocate``: write the KV cache into buffers sized for the whole decode
-    (:func:`buffer_cache`); off, transformers' cache grows by concatenation. The tokens
-    and log-probs are the same either way.
+    ``preallocate``: write the KV cache into buffers that grow by doubling
+    (:func:`buffer_cache`); off, transformers' cache grows by concatenation at every
+    token. The tokens and log-probs are the same either way.
     ``ready_masks``: hand a model that takes one (:func:`takes_ready_mask`) each step's
     4-D attention mask ready-made; the samples are the same either way.
 
@@ -187,51 +187,73 @@ def _decode(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, 
 
 def takes_ready_mask(model: Any) -> bool:
     """Whether ``model`` can be given its decode steps' attention mask ready-made, as the
-    ``[N, 1, 1, L]`` boolean tensor (True: attend) its attention reads: a transformers
-    with ``masking_utils`` (which passes a 4-D mask through untouched), SDPA attention
-    (which takes a boolean mask; eager attention adds its mask), and every layer full
-    attention (one mask serves all layers; a sliding-window layer needs its own)."""
+    ``[N, 1, 1, L]`` boolean tensor (True: attend) its attention reads. Only where that
+    is known to be what the model would build: a model class of transformers itself (a
+    remote-code model may build masks with older helpers that refuse one) on a
+    transformers with ``masking_utils`` (which passes a 4-D mask through untouched),
+    SDPA attention (which takes a boolean mask; eager attention adds its mask), and a
+    decoder whose every layer is plain full attention: no sliding window, no chunked
+    attention, no ALiBi (built from the 2-D mask), read from the text config of a
+    composite (vision-language) model."""
     try:
         import transformers.masking_utils  # noqa: F401
     except ImportError:
         return False
+    if not type(model).__module__.startswith("transformers."):
+        return False
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(text, "_attn_implementation", "sdpa") != "sdpa":
         return False
-    layer_types = getattr(config, "layer_types", None)
+    if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+        return False
+    if getattr(text, "attention_chunk_size", None) or getattr(text, "alibi", False):
+        return False
+    if getattr(text, "position_embedding_type", None) == "alibi":
+        return False
+    layer_types = getattr(text, "layer_types", None)
     return layer_types is None or all(kind == "full_attention" for kind in layer_types)
 
 
 def fill_from_the_end(alive: Tensor) -> Tensor:
     """The rows to keep ``[k]`` (``k`` = live rows), in the order that moves fewest: a
     live row among the first ``k`` stays where it is, and the live rows beyond ``k``
-    fill the dead rows' places among the first ``k``, in order. Every source row
-    of a move is ``≥ k`` and every destination ``< k``, so a cache can make the moves
-    in place (:class:`BufferedLayerMixin`); any cache can ``index_select`` them."""
+    fill the dead rows' places among the first ``k``, in order. A cache that keeps its
+    rows in buffers moves only those rows (:class:`BufferedLayerMixin`); any cache can
+    ``index_select`` them."""
     k = int(alive.sum())
     keep = torch.arange(k, device=alive.device)
     keep[~alive[:k]] = alive[k:].nonzero().squeeze(1) + k
     return keep
 
 
-def buffer_cache(cache: Any, rows: Tensor, capacity: int) -> bool:
-    """Move a freshly prefilled transformers ``DynamicCache`` into preallocated buffers:
-    each layer's keys and values ``[U, H, P, D]`` are copied, rows ``rows`` (``[N]``,
-    indices into the ``U`` prompts) in that order, into buffers ``[N, H, capacity, D]``,
-    and the layer becomes a ``BufferedLayer`` (:class:`BufferedLayerMixin`). Returns whether it did; ``False``
-    (the cache untouched) for a transformers without per-layer cache objects (before
-    4.56) or a cache with any layer that is not a plain ``DynamicLayer`` (sliding window,
-    linear attention, quantized, ...)."""
+#: the buffers' first capacity beyond the prompt, in tokens; they double from there as
+#: the decode goes on, up to the length limit (so a long limit with short completions
+#: does not hold memory for the limit from the first token)
+FIRST_COLUMNS = 64
+
+
+def buffer_cache(cache: Any, rows: Tensor, max_length: int) -> bool:
+    """Move a freshly prefilled transformers ``DynamicCache`` into buffers: each layer's
+    keys and values ``[U, H, P, D]`` are copied, rows ``rows`` (``[N]``, indices into
+    the ``U`` prompts) in that order, into buffers ``[N, H, C, D]`` with
+    ``C = min(P + FIRST_COLUMNS, max_length)`` (they double as needed, never past
+    ``max_length``), and the layer becomes a ``BufferedLayer``
+    (:class:`BufferedLayerMixin`). Returns whether it did; ``False`` (the cache
+    untouched) for a transformers without per-layer cache objects (before 4.54), an
+    offloading cache, or a cache with any layer that is not a plain, filled
+    ``DynamicLayer`` (sliding window, linear attention, quantized, ...)."""
     layer_class = _buffered_layer_class()
-    if layer_class is None or not getattr(cache, "layers", None):
+    if layer_class is None or not getattr(cache, "layers", None) or getattr(cache, "offloading", False):
         return False
     plain = layer_class.__bases__[1]  # the installed transformers' DynamicLayer
-    if getattr(cache, "offloading", False) or any(type(layer) is not plain or not layer.is_initialized
-                                                  for layer in cache.layers):
+    # (4.54-4.56's layers have no is_initialized: a filled layer is one with keys)
+    if any(type(layer) is not plain or getattr(layer, "keys", None) is None or layer.keys.numel() == 0
+           for layer in cache.layers):
         return False
-    cache.layers = [layer_class(layer.keys, layer.values, rows, capacity) for layer in cache.layers]
+    cache.layers = [layer_class(layer.keys, layer.values, rows, max_length) for layer in cache.layers]
     return True
 
 
@@ -254,18 +276,26 @@ def _buffered_layer_class() -> Any:
 
 class BufferedLayerMixin:
     """What makes ``BufferedLayer`` out of transformers' ``DynamicLayer``: ``keys``
-    and ``values`` are views ``[:, :, :length]`` of buffers ``[N, H, capacity, D]``:
-    ``update`` writes the new tokens' states into the next columns (no copy of the
-    cache); ``reorder_cache`` copies only the rows that move when the reordering is a
-    :func:`fill_from_the_end` (rows that leave the batch), else selects rows of the
-    buffers. It lives inside one :func:`decode` call, which never asks it to crop or
-    grow past ``capacity``."""
+    and ``values`` are views ``[:, :, :length]`` of buffers ``[rows, H, capacity, D]``.
 
-    def __init__(self, keys: Tensor, values: Tensor, rows: Tensor, capacity: int) -> None:
+    - ``update`` writes the new tokens' states into the next columns (no copy of the
+      cache), first doubling the capacity (up to ``max_length``) when it is full;
+    - ``reorder_cache(rows)`` with no more rows than the buffers hold (rows leaving the
+      batch) copies only the rows that change place and keeps the first ``k`` rows;
+      once that leaves half the buffers' rows or fewer, the filled columns move to
+      smaller buffers so the memory of the rows that left is freed. More rows than the
+      buffers hold: a plain row selection.
+
+    It lives inside one :func:`decode` call; the ``DynamicLayer`` methods the loop never
+    calls (crop, batch selection, reset, offloading) raise instead of leaving the
+    buffers and the views out of step."""
+
+    def __init__(self, keys: Tensor, values: Tensor, rows: Tensor, max_length: int) -> None:
         self.is_initialized = True
-        self.device, self.length = keys.device, keys.shape[-2]
-        self.key_buffer = _buffer(keys, rows, capacity)
-        self.value_buffer = _buffer(values, rows, capacity)
+        self.device, self.length, self.max_length = keys.device, keys.shape[-2], max_length
+        capacity = min(self.length + FIRST_COLUMNS, max_length)
+        self.key_buffer = _buffer(keys.index_select(0, rows), capacity)
+        self.value_buffer = _buffer(values.index_select(0, rows), capacity)
         self._views()
 
     def _views(self) -> None:
@@ -275,8 +305,10 @@ class BufferedLayerMixin:
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         end = self.length + key_states.shape[-2]
         if end > self.key_buffer.shape[-2]:
-            raise RuntimeError(f"the decode's KV buffers hold {self.key_buffer.shape[-2]} positions; "
-                               f"writing up to {end}")
+            if end > self.max_length:
+                raise RuntimeError(f"the decode's KV buffers end at {self.max_length} positions; writing up to {end}")
+            capacity = min(max(end, 2 * self.key_buffer.shape[-2]), self.max_length)
+            self.key_buffer, self.value_buffer = _buffer(self.keys, capacity), _buffer(self.values, capacity)
         self.key_buffer[:, :, self.length : end] = key_states
         self.value_buffer[:, :, self.length : end] = value_states
         self.length = end
@@ -285,27 +317,36 @@ class BufferedLayerMixin:
 
     def reorder_cache(self, rows: Tensor) -> None:
         k = rows.shape[0]
-        moved = rows != torch.arange(k, device=rows.device)
-        sources = rows[moved]
-        if k <= self.key_buffer.shape[0] and bool((sources >= k).all()):
-            # no source row is a destination: move the filled columns of the rows
-            # that change place, then keep the first k rows (a view)
-            destinations = moved.nonzero().squeeze(1)
-            for buffer in (self.key_buffer, self.value_buffer):
-                buffer[destinations, :, : self.length] = buffer[sources, :, : self.length]
-            self.key_buffer, self.value_buffer = self.key_buffer[:k], self.value_buffer[:k]
-        else:
+        if k > self.key_buffer.shape[0]:
             self.key_buffer = self.key_buffer.index_select(0, rows)
             self.value_buffer = self.value_buffer.index_select(0, rows)
+        else:
+            moved = rows != torch.arange(k, device=rows.device)
+            destinations, sources = moved.nonzero().squeeze(1), rows[moved]
+            for buffer in (self.key_buffer, self.value_buffer):
+                # the right side is gathered (copied) before the assignment writes
+                buffer[destinations, :, : self.length] = buffer[sources, :, : self.length]
+            if 2 * k <= self.key_buffer.shape[0]:
+                capacity = self.key_buffer.shape[-2]
+                self.key_buffer, self.value_buffer = (_buffer(self.keys[:k], capacity),
+                                                      _buffer(self.values[:k], capacity))
+            else:
+                self.key_buffer, self.value_buffer = self.key_buffer[:k], self.value_buffer[:k]
         self._views()
 
+    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("a decode loop's buffered KV cache layer supports update and reorder_cache only")
 
-def _buffer(states: Tensor, rows: Tensor, capacity: int) -> Tensor:
-    """``states[rows]`` in the first columns of an uninitialised ``[N, H, capacity, D]``.
-    (On a CPU, fresh memory for it page-faults unless the allocator keeps freed memory:
+    crop = batch_select_indices = batch_repeat_interleave = reset = offload = prefetch = _unsupported
+
+
+def _buffer(states: Tensor, capacity: int) -> Tensor:
+    """``states`` ``[N, H, L, D]`` in the first ``L`` columns of a new, otherwise
+    uninitialised ``[N, H, capacity, D]``. (On a CPU, fresh memory page-faults on first
+    touch unless the allocator keeps freed memory:
     :func:`verirl.cpu_memory.keep_freed_memory`, which the trainer sets.)"""
-    buffer = states.new_empty(rows.shape[0], states.shape[1], capacity, states.shape[3])
-    buffer[:, :, : states.shape[2]] = states.index_select(0, rows)
+    buffer = states.new_empty(states.shape[0], states.shape[1], capacity, states.shape[3])
+    buffer[:, :, : states.shape[2]] = states
     return buffer
 
 
