@@ -213,10 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = pick_device(args.device, "--device")
-    if device.type == "cpu" and args.keep_freed_memory == "on":
+    if args.keep_freed_memory == "on":
         from verirl.cpu_memory import keep_freed_memory
 
-        keep_freed_memory()  # as the trainer does (train.keep_freed_memory)
+        keep_freed_memory(device)  # as the trainer does (train.keep_freed_memory)
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, args.dtype, device).eval()
     prompts = load_prompts(args, tokenizer)

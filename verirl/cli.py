@@ -282,6 +282,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from verirl.cpu_memory import keep_freed_memory
     from verirl.data import build_prompt, load_problems
     from verirl.evaluation import evaluate
     from verirl.models import check_model_source, load_causal_lm, load_tokenizer, pick_device
@@ -305,10 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         problems = problems[: args.limit]
     device = pick_device(args.device, what="--device")
-    if device.type == "cpu":
-        from verirl.cpu_memory import keep_freed_memory
-
-        keep_freed_memory()  # as training does: no page faults on each batch's fresh KV buffers
+    keep_freed_memory(device)  # as training does: no page faults on each batch's fresh KV buffers
     tokenizer = load_tokenizer(args.model, what="--model")
     model = load_causal_lm(args.model, "bfloat16" if device.type == "cuda" else "float32", device, what="--model")
     model.eval()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+from typing import Any
 
 log = logging.getLogger("verirl.cpu_memory")
 
@@ -51,12 +52,16 @@ def glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's allocator to keep freed memory for reuse (see the module's doc).
-    Process-wide, and it stays set; calling it again changes nothing. Returns whether
-    every setting was taken: ``False`` under a C library other than glibc, where
-    nothing is changed. (Under a preloaded allocator such as jemalloc, glibc's
-    settings are taken but govern nothing.)"""
+def keep_freed_memory(device: Any = "cpu") -> bool:
+    """Set glibc's allocator to keep freed memory for reuse (see the module's doc), for
+    a process whose tensors live on ``device`` (a ``torch.device`` or its type): only
+    a CPU's, since on an accelerator the framework's caching allocator reuses memory
+    already. Process-wide, and it stays set; calling it again changes nothing. Returns
+    whether every setting was taken: ``False`` for another device or under a C library
+    other than glibc, where nothing is changed. (Under a preloaded allocator such as
+    jemalloc, glibc's settings are taken but govern nothing.)"""
+    if getattr(device, "type", device) != "cpu":
+        return False
     libc = glibc()
     if libc is None:
         return False

@@ -138,8 +138,8 @@ class Trainer:
         check_model_source(c.model.name_or_path)
         check_backends(c.train.report_to)
         self.device = pick_device(device_name)
-        if self.device.type == "cpu" and c.train.keep_freed_memory:
-            keep_freed_memory()
+        if c.train.keep_freed_memory:
+            keep_freed_memory(self.device)
         seed_everything(c.train.seed)
 
         d = c.data

@@ -36,8 +36,8 @@ class HFEngine:
     this fraction of it (0.25 measured fastest on the tiny model; see
     ``benchmarks/rollout_throughput.py``).
 
-    ``preallocate``, ``ready_masks``: the loop's KV cache in buffers sized for the whole
-    decode, each step's attention mask handed over ready-made
+    ``preallocate``, ``ready_masks``: the loop's KV cache in buffers that grow by
+    doubling, each step's attention mask handed over ready-made
     (:func:`~verirl.rollout.decode.decode`). Both on by default; off only to measure
     what each saves (the samples are the same)."""
 
